@@ -1,0 +1,153 @@
+"""Build a llama causal-LM ONNX graph (with KV cache) straight from GGUF weights, without torch.
+
+Interface of the built model (B batch rows, S new tokens per row, right-padded; P cached tokens):
+  inputs   input_ids [B,S] int64; seqlens_k [B] int32 (cached + new valid tokens - 1 per row);
+           total_seq_len [] int32 (max over rows of seqlens_k + 1); query_lens [B] int32 (valid new
+           tokens per row); logits_idx [B,L,1] int64 (which new positions to score, per row);
+           past_key.{i}, past_value.{i} [B,KV,P,D], each row's valid tokens first
+  outputs  logits [B,L,V]; present_key.{i}, present_value.{i} [B,KV,P+S,D]
+Positions are implicit: row b's new tokens sit at seqlens_k[b]+1-query_lens[b] onwards.
+
+Rotary embedding is applied in GGUF's interleaved layout: llama.cpp permuted the Q/K rows for it,
+and Q.K is unchanged when both sides share that permutation, so nothing is un-permuted.
+
+Variants: "fp32" dequantizes every weight; "q4" maps the GGUF blocks into MatMulNBits as is
+(Q4_1 -> 4-bit with the block minimum added back exactly, Q8_0 -> 8-bit): lossless weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .gguf_weights import QK, BlockWeight, LlamaConfig
+from .graph import FLOAT, INT32, INT64, MS, Graph
+
+VARIANTS = ("fp32", "q4")
+
+
+def _pack_nbits(q: np.ndarray, bits: int) -> np.ndarray:
+    """[N, blocks, QK] unsigned codes -> MatMulNBits B layout [N, blocks, QK*bits/8]."""
+    if bits == 8:
+        return q.astype(np.uint8)
+    q = q.astype(np.uint8)
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+class LlamaBuilder:
+    def __init__(self, cfg: LlamaConfig, weights: dict, variant: str, accuracy_level: int = 4):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        self.cfg, self.w, self.variant, self.acc = cfg, weights, variant, accuracy_level
+        self.g = Graph(f"llama-{variant}")
+
+    # -- weights ---------------------------------------------------------------------------
+    def _fused(self, names: list[str]) -> BlockWeight | np.ndarray:
+        """Concatenate weights along their output rows so one matmul serves Q,K,V (or gate,up)."""
+        parts = [self.w[n] for n in names]
+        if isinstance(parts[0], np.ndarray):
+            return np.concatenate(parts, axis=0)
+        offsets = [p.offset for p in parts]
+        return BlockWeight(
+            q=np.concatenate([p.q for p in parts]),
+            scale=np.concatenate([p.scale for p in parts]),
+            offset=None if offsets[0] is None else np.concatenate(offsets),
+            bits=parts[0].bits,
+        )
+
+    def linear(self, x: str, weight: BlockWeight | np.ndarray, name: str) -> str:
+        g = self.g
+        if self.variant == "fp32" or isinstance(weight, np.ndarray):
+            w = weight.dequantize() if isinstance(weight, BlockWeight) else weight
+            return g.op("MatMul", [x, g.init(f"{name}.wT", w.T)], name=name)
+        n, blocks, _ = weight.q.shape
+        k = blocks * QK
+        if weight.bits == 8:  # Q8_0: int8 codes, symmetric; MatMulNBits' default zero point is 128
+            codes, scale = weight.q.astype(np.int16) + 128, weight.scale
+        else:  # Q4_1: w = d*q + m = d*(q - 8) + (m + 8d); MatMulNBits' default zero point is 8
+            codes, scale = weight.q, weight.scale
+        y = g.op("MatMulNBits", [x, g.init(f"{name}.qB", _pack_nbits(codes, weight.bits)),
+                                 g.init(f"{name}.scales", scale.reshape(-1))],
+                 domain=MS, name=name, K=k, N=n, bits=weight.bits, block_size=QK,
+                 accuracy_level=self.acc)
+        if weight.offset is None:
+            return y
+        # The exact correction: sum over each block of x times (m + 8d), as one small matmul.
+        block_sums = g.op("ReduceSum", [g.op("Reshape", [x, g.const([0, 0, blocks, QK])]),
+                                        g.const([-1])], keepdims=0)
+        corr = weight.offset + 8.0 * weight.scale  # [N, blocks]
+        return g.op("Add", [y, g.op("MatMul", [block_sums, g.init(f"{name}.corr", corr.T)])])
+
+    # -- graph -----------------------------------------------------------------------------
+    def attention(self, i: int, x: str, lens: tuple[str, str, str], cos: str, sin: str) -> str:
+        g, c = self.g, self.cfg
+        qkv = self.linear(x, self._fused([f"blk.{i}.attn_{p}.weight" for p in "qkv"]), f"l{i}.qkv")
+        seqlens_k, total_len, query_lens = lens
+        # One fused kernel: rotary, KV append, grouped-query causal attention over right-padded rows.
+        ctx = g.op("GroupQueryAttention",
+                   [qkv, "", "", f"past_key.{i}", f"past_value.{i}", seqlens_k, total_len, cos, sin,
+                    "", "", "", "", "", "", "", query_lens],
+                   n_out=3, domain=MS, name=f"l{i}.attn", num_heads=c.n_heads,
+                   kv_num_heads=c.n_kv_heads, do_rotary=1, rotary_interleaved=1)
+        g.nodes[-1].output[1] = f"present_key.{i}"
+        g.nodes[-1].output[2] = f"present_value.{i}"
+        return self.linear(ctx[0], self.w[f"blk.{i}.attn_output.weight"], f"l{i}.o")
+
+    def mlp(self, i: int, x: str) -> str:
+        g = self.g
+        gu = self.linear(x, self._fused([f"blk.{i}.ffn_gate.weight", f"blk.{i}.ffn_up.weight"]),
+                         f"l{i}.gate_up")
+        gate, up = g.op("Split", [gu, g.const([self.cfg.intermediate] * 2)], n_out=2, axis=-1)
+        act = g.op("Mul", [gate, g.op("Sigmoid", [gate])])  # SiLU
+        return self.linear(g.op("Mul", [act, up]), self.w[f"blk.{i}.ffn_down.weight"], f"l{i}.down")
+
+    def rms_norm(self, x: str, weight_name: str) -> str:
+        g = self.g
+        return g.op("SimplifiedLayerNormalization", [x, g.init(weight_name, self.w[weight_name])],
+                    axis=-1, epsilon=self.cfg.rms_eps)
+
+    def build(self) -> onnx.ModelProto:
+        g, c = self.g, self.cfg
+        kv, d = c.n_kv_heads, c.head_dim
+        ids = g.input("input_ids", INT64, ["batch", "seq"])
+        lens = (g.input("seqlens_k", INT32, ["batch"]), g.input("total_seq_len", INT32, []),
+                g.input("query_lens", INT32, ["batch"]))
+        logits_idx = g.input("logits_idx", INT64, ["batch", "n_logits", 1])
+        for i in range(c.n_layers):
+            g.input(f"past_key.{i}", FLOAT, ["batch", kv, "past", d])
+            g.input(f"past_value.{i}", FLOAT, ["batch", kv, "past", d])
+        inv_freq = c.rope_base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+        angles = np.outer(np.arange(c.context_length), inv_freq)
+        cos = g.init("rope.cos", np.cos(angles).astype(np.float32))
+        sin = g.init("rope.sin", np.sin(angles).astype(np.float32))
+
+        emb = self.w["token_embd.weight"]
+        table = emb.dequantize() if isinstance(emb, BlockWeight) else emb
+        # Tied embeddings: the one [V, hidden] table serves the lookup and (transposed) the head.
+        table_name = g.init("token_embd", table)
+        h = g.op("Gather", [table_name, ids], axis=0)
+        for i in range(c.n_layers):
+            h = g.op("Add", [h, self.attention(i, self.rms_norm(h, f"blk.{i}.attn_norm.weight"),
+                                               lens, cos, sin)])
+            h = g.op("Add", [h, self.mlp(i, self.rms_norm(h, f"blk.{i}.ffn_norm.weight"))])
+        h = self.rms_norm(g.op("GatherND", [h, logits_idx], batch_dims=1), "output_norm.weight")
+        head = self.w.get("output.weight", emb)
+        if self.variant == "fp32" and head is emb:
+            flat = g.op("Reshape", [h, g.const([-1, c.hidden])])
+            logits = g.op("Gemm", [flat, table_name], transB=1)
+            logits = g.op("Reshape", [logits, g.op("Concat", [
+                g.op("Slice", [g.op("Shape", [h]), g.const([0]), g.const([2])]),
+                g.const([-1])], axis=0)])
+        else:
+            logits = self.linear(h, head, "lm_head")
+        g.output(logits, "logits", FLOAT, ["batch", "n_logits", c.vocab_size])
+        for i in range(c.n_layers):
+            g.outputs.append(onnx.helper.make_tensor_value_info(
+                f"present_key.{i}", FLOAT, ["batch", kv, "total", d]))
+            g.outputs.append(onnx.helper.make_tensor_value_info(
+                f"present_value.{i}", FLOAT, ["batch", kv, "total", d]))
+        return g.model()
+
+
+def build_llama(cfg: LlamaConfig, weights: dict, variant: str) -> onnx.ModelProto:
+    return LlamaBuilder(cfg, dict(weights), variant).build()

@@ -1,0 +1,48 @@
+"""Sentence embeddings with ONNX Runtime: a batch of texts -> unit vectors. Free of Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .build.artifacts import EMBEDDER_ID, build_embedder
+from .llm.session import make_session
+
+MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on up to 256 word pieces
+
+
+class Embedder:
+    model_id = EMBEDDER_ID
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None, spinning: bool = False,
+                 device: str = "auto") -> None:
+        model_dir = Path(model_dir)
+        self.session = make_session(str(model_dir / "model.onnx"), threads, spinning, device)
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        # The shipped tokenizer.json pads and truncates to a fixed 128: pad to the longest instead.
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.dim = int(self.session.get_outputs()[0].shape[-1])
+
+    @classmethod
+    def load(cls, **kwargs) -> Embedder:
+        return cls(build_embedder(progress=lambda _: None), **kwargs)
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        batch = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in batch], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
+        return ids, mask
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """[N, dim] float32, L2-normalised. Token counts per text: see `encode`."""
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        ids, mask = self.encode(texts)
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self.tokenizer.encode_batch(texts)]

@@ -1,0 +1,1 @@
+"""LLM inference core: ONNX Runtime sessions, KV cache, decoding. Free of Ray."""

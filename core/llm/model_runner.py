@@ -1,0 +1,74 @@
+"""One forward pass of the causal LM over new tokens plus a KV cache, in numpy.
+
+Batch rows are right-padded: row b holds `lens[b]` valid cached tokens at the start of its KV
+rows, and `query_lens[b]` valid new tokens at the start of its input row. The graph's fused
+attention appends each row's new keys/values right after its valid ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .session import make_session
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys and values [B,KV,T,D]; `lens[b]` leading positions of row b are valid."""
+
+    keys: list[np.ndarray]
+    values: list[np.ndarray]
+    lens: np.ndarray  # [B] int
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values))
+
+    def select(self, rows: list[int], length: int | None = None) -> KVCache:
+        """A cache of the given rows, trimmed to `length` positions (default: longest row)."""
+        lens = self.lens[rows]
+        t = int(lens.max(initial=0)) if length is None else length
+        return KVCache([k[rows, :, :t] for k in self.keys], [v[rows, :, :t] for v in self.values],
+                       np.minimum(lens, t))
+
+    def truncate(self, length: int) -> KVCache:
+        """Roll every row back to at most `length` tokens (rejected draft tokens)."""
+        return self.select(list(range(len(self.lens))), length)
+
+
+class ModelRunner:
+    def __init__(self, path: str, n_layers: int, n_kv_heads: int, head_dim: int,
+                 threads: int | None = None, spinning: bool = False, device: str = "auto"):
+        self.session = make_session(path, threads, spinning, device)
+        self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
+        self._out_names = [o.name for o in self.session.get_outputs()]
+
+    def empty_kv(self, batch: int = 1) -> KVCache:
+        shape = (batch, self.n_kv_heads, 0, self.head_dim)
+        return KVCache([np.zeros(shape, np.float32) for _ in range(self.n_layers)],
+                       [np.zeros(shape, np.float32) for _ in range(self.n_layers)],
+                       np.zeros(batch, np.int64))
+
+    def forward(self, input_ids: np.ndarray, query_lens: np.ndarray, kv: KVCache,
+                logits_idx: np.ndarray) -> tuple[np.ndarray, KVCache]:
+        """input_ids [B,S] (right-padded), query_lens [B], logits_idx [B,L] -> logits [B,L,V]."""
+        query_lens = np.asarray(query_lens, np.int64)
+        total = kv.lens + query_lens
+        feed = {
+            "input_ids": np.ascontiguousarray(input_ids, np.int64),
+            "seqlens_k": (total - 1).astype(np.int32),
+            "total_seq_len": np.array(total.max(), np.int32),
+            "query_lens": query_lens.astype(np.int32),
+            "logits_idx": np.asarray(logits_idx, np.int64)[..., None],
+        }
+        for i in range(self.n_layers):
+            feed[f"past_key.{i}"] = kv.keys[i]
+            feed[f"past_value.{i}"] = kv.values[i]
+        out = self.session.run(self._out_names, feed)
+        return out[0], KVCache(out[1::2], out[2::2], total)

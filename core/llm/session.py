@@ -1,0 +1,39 @@
+"""ONNX Runtime session creation with explicit threading (Ray sets OMP_NUM_THREADS=1 in replicas)."""
+
+from __future__ import annotations
+
+import os
+
+import onnxruntime as ort
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def providers(device: str = "auto") -> list[str]:
+    available = ort.get_available_providers()
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise RuntimeError("device 'cuda' asked for, but this onnxruntime has no CUDA provider")
+    return ["CPUExecutionProvider"]
+
+
+def make_session(path: str, threads: int | None = None, spinning: bool = False,
+                 device: str = "auto") -> ort.InferenceSession:
+    """threads=None uses every core this process may run on.
+
+    Spinning is off by default: replicas share cores, and spinning threads burn the CPU the
+    other replica needs (measured 2x slower under contention).
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=providers(device))
