@@ -38,11 +38,21 @@ class Embedder:
         return ids, mask
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """[N, dim] float32, L2-normalised. Token counts per text: see `encode`."""
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        ids, mask = self.encode(texts)
-        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        """[N, dim] float32, L2-normalised."""
+        return self.embed_counted(texts)[0]
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self.tokenizer.encode_batch(texts)]
+    def embed_counted(self, texts: list[str], max_batch: int = 64) -> tuple[np.ndarray, list[int]]:
+        """Vectors and the number of tokens of each text (after truncation).
+
+        Texts are run in batches of similar length, so short texts do not pay for padding.
+        """
+        out = np.zeros((len(texts), self.dim), np.float32)
+        counts = [0] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), max_batch):
+            rows = order[start:start + max_batch]
+            ids, mask = self.encode([texts[i] for i in rows])
+            out[rows] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            for row, n in zip(rows, mask.sum(axis=1).tolist(), strict=True):
+                counts[row] = n
+        return out, counts

@@ -32,5 +32,5 @@ def tokenizer_from_gguf(path: str) -> Tokenizer:
     ])
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, kind in zip(tokens, types) if kind == CONTROL])
+                            for t, kind in zip(tokens, types, strict=True) if kind == CONTROL])
     return tok

@@ -28,7 +28,7 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values))
+        return sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values, strict=True))
 
     def select(self, rows: list[int], length: int | None = None) -> KVCache:
         """A cache of the given rows, trimmed to `length` positions (default: longest row)."""

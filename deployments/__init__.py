@@ -1,0 +1,1 @@
+"""Thin Ray Serve wrappers around the Ray-free inference core."""

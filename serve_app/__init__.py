@@ -1,0 +1,1 @@
+"""The Ray Serve application: deployment graph and OpenAI-compatible HTTP ingress."""

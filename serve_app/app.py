@@ -1,0 +1,36 @@
+"""The deployment graph, built from typed args: `serve run configs/local.yaml` calls build_app."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from deployments.embedder import EmbedderDeployment
+from deployments.llm import LLMDeployment
+
+from .ingress import Ingress
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+class AppArgs(BaseModel):
+    """`args:` of the application in a Serve config. One code base for CPU and GPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    llm_variant: str = Field("q4", description="built LM variant to serve: fp32, q4, ...")
+    llm_threads: int | None = Field(None, ge=1, description="ORT threads; default all cores")
+    llm_spinning: bool = Field(True, description="ORT thread spinning; off when replicas share cores")
+    embedder_threads: int | None = Field(None, ge=1)
+
+
+def build_app(args: dict) -> Application:
+    cfg = AppArgs(**args)
+    llm = LLMDeployment.bind(variant=cfg.llm_variant, threads=cfg.llm_threads,
+                             spinning=cfg.llm_spinning, device=cfg.device)
+    embedder = EmbedderDeployment.bind(threads=cfg.embedder_threads, device=cfg.device)
+    return Ingress.bind(llm, embedder, cfg.llm_variant)

@@ -1,0 +1,75 @@
+"""Pure logic: sampling rules, incremental detokenization with stop strings, request schemas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from core.llm.detokenizer import StreamDecoder
+from core.llm.sampling import SamplingParams, sample
+from serve_app.schemas import ChatCompletionRequest, EmbeddingRequest
+
+
+class CharTokenizer:
+    """Token id = one character (or a UTF-8 byte when >= 256), for detokenizer tests."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        data = b"".join(bytes([i - 256]) if i >= 256 else chr(i).encode() for i in ids)
+        return data.decode("utf-8", errors="replace")
+
+
+def feed(decoder: StreamDecoder, text: str) -> list[str]:
+    return [decoder.push(ord(c)) for c in text]
+
+
+def test_stop_string_is_never_released_even_across_tokens():
+    d = StreamDecoder(CharTokenizer(), stop=("STOP",))
+    out = "".join(feed(d, "hello STO"))
+    assert out == "hello "  # "STO" held back: it may begin the stop string
+    out += d.push(ord("P"))
+    assert d.stopped and out == "hello "
+
+
+def test_held_back_text_is_released_when_it_cannot_be_a_stop():
+    d = StreamDecoder(CharTokenizer(), stop=("STOP",))
+    out = "".join(feed(d, "ST")) + d.push(ord("x"))
+    assert out == "STx" and not d.stopped
+
+
+def test_partial_utf8_waits_for_the_whole_character():
+    d = StreamDecoder(CharTokenizer())
+    e_acute = "é".encode()
+    assert d.push(256 + e_acute[0]) == ""
+    assert d.push(256 + e_acute[1]) == "é"
+
+
+def test_greedy_picks_argmax_and_top_p_restricts_support():
+    logits = np.array([0.0, 5.0, 4.9, -3.0])
+    rng = np.random.default_rng(0)
+    assert sample(logits, SamplingParams(temperature=0), rng) == 1
+    picks = {sample(logits, SamplingParams(temperature=1.0, top_p=0.5), rng) for _ in range(200)}
+    assert picks == {1}
+    picks = {sample(logits, SamplingParams(temperature=1.0, top_p=0.99), rng) for _ in range(300)}
+    assert picks == {1, 2}
+
+
+@pytest.mark.parametrize("bad", [{"max_tokens": 0}, {"temperature": 2.5}, {"top_p": 0.0}])
+def test_sampling_params_reject_out_of_range(bad):
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)
+
+
+def test_chat_request_rejects_unknown_fields_and_bad_ranges():
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    ChatCompletionRequest(**base)
+    for bad in [{"temperature": 3}, {"n": 2}, {"bogus": 1}, {"messages": []}, {"max_tokens": -1}]:
+        with pytest.raises(ValidationError):
+            ChatCompletionRequest(**(base | bad))
+
+
+def test_embedding_request_accepts_string_or_list():
+    assert EmbeddingRequest(model="m", input="a").texts() == ["a"]
+    assert EmbeddingRequest(model="m", input=["a", "b"]).texts() == ["a", "b"]
+    with pytest.raises(ValidationError):
+        EmbeddingRequest(model="m", input=[])
