@@ -1,40 +1,115 @@
-"""LLM deployment: the text generator in a replica, generation steps off the event loop."""
+"""LLM deployment: the continuous-batching engine in a replica.
+
+Requests are admitted in groups by a @serve.batch method, so requests that arrive together are
+prefilled together; the engine thread then decodes every running sequence one step at a time,
+and newcomers join at the next step.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve import metrics
 
+from core.llm.engine import EngineConfig, LLMEngine, Sequence
+from core.llm.engine.engine import StepStats
 from core.llm.sampling import SamplingParams
 from core.llm.textgen import TextGenerator
 
+LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
 
-@serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 1})
+
+class EngineArgs(BaseModel):
+    """Engine limits, from the app's args (`engine:`); max_running=1 is one-at-a-time serving."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_running: int = Field(16, ge=1, le=256)
+    max_waiting: int = Field(64, ge=0)
+    max_prefill_tokens: int = Field(512, ge=16)
+    max_seq_len: int = Field(4096, ge=64)
+
+
+class EngineMetrics:
+    """Serve's metrics API: exported on Ray's Prometheus endpoint as ray_llm_*."""
+
+    def __init__(self) -> None:
+        self.tokens = metrics.Counter("llm_generated_tokens", description="tokens generated")
+        self.prompt_tokens = metrics.Counter("llm_prefill_tokens", description="prompt tokens prefilled")
+        self.ttft = metrics.Histogram("llm_time_to_first_token_s", description="time to first token",
+                                      boundaries=LATENCY_BOUNDARIES_S)
+        self.itl = metrics.Histogram("llm_inter_token_latency_s", description="time between tokens",
+                                     boundaries=LATENCY_BOUNDARIES_S)
+        self.batch = metrics.Histogram("llm_step_batch_size", description="sequences per model step",
+                                       boundaries=[1, 2, 4, 8, 16, 32, 64], tag_keys=("kind",))
+        self.running = metrics.Gauge("llm_running_sequences", description="sequences holding a KV slot")
+        self.waiting = metrics.Gauge("llm_waiting_sequences", description="sequences queued for a slot")
+
+    def record(self, step: StepStats) -> None:
+        self.batch.observe(step.batch_size, tags={"kind": step.kind})
+        (self.prompt_tokens if step.kind == "prefill" else self.tokens).inc(step.tokens)
+        for seconds in step.ttfts:
+            self.ttft.observe(seconds)
+        for seconds in step.itls:
+            self.itl.observe(seconds)
+        self.running.set(step.running)
+        self.waiting.set(step.waiting)
+
+
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class LLMDeployment:
     def __init__(self, variant: str = "q4", threads: int | None = None, spinning: bool = True,
-                 device: str = "auto") -> None:
-        self.generator = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
-                                            device=device)
-        # One worker: ONNX Runtime already uses every core for one step; concurrent streams
-        # take turns step by step.
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+                 device: str = "auto", engine: dict | None = None) -> None:
+        generator = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
+                                       device=device)
+        config = EngineConfig(**EngineArgs(**(engine or {})).model_dump())
+        self.engine = LLMEngine(generator.runner, generator.chat, config)
+        self.metrics = EngineMetrics()
+        self.engine.on_step = self.metrics.record
+        self.engine.start()
 
-    async def generate(self, prompt_ids: list[int], params: dict) -> dict:
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _admit(self, requests: list[tuple[list[int], dict]]) -> list[tuple]:
+        """Hand a group of requests to the engine at once; each gets its sequence and queue."""
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self.pool, self.generator.complete, prompt_ids,
-                                            SamplingParams(**params))
-        return dataclasses.asdict(result)
+        admitted = []
+        for prompt_ids, params in requests:
+            queue: asyncio.Queue = asyncio.Queue()
+            try:
+                seq = self.engine.add(prompt_ids, SamplingParams(**params),
+                                      lambda out, q=queue: loop.call_soon_threadsafe(q.put_nowait, out))
+            except Exception as exc:  # noqa: BLE001 - handed to that request's caller below
+                seq = exc
+            admitted.append((seq, queue))
+        return admitted
 
     async def stream(self, prompt_ids: list[int], params: dict) -> AsyncIterator[dict]:
-        loop = asyncio.get_running_loop()
-        steps = self.generator.stream(prompt_ids, SamplingParams(**params))
+        seq, queue = await self._admit((prompt_ids, params))
+        if isinstance(seq, Exception):
+            raise seq
+        assert isinstance(seq, Sequence)
         try:
-            while (delta := await loop.run_in_executor(self.pool, next, steps, None)) is not None:
-                yield dataclasses.asdict(delta)
+            while True:
+                out = await queue.get()
+                yield dataclasses.asdict(out)
+                if out.finish_reason:
+                    return
         finally:
-            # A cancelled stream (client gone) stops decoding; close where the steps run.
-            self.pool.submit(steps.close)
+            if not seq.finished:  # the caller went away: stop decoding, free the slot
+                self.engine.cancel(seq)
+
+    async def generate(self, prompt_ids: list[int], params: dict) -> dict:
+        text, last = [], {}
+        async for last in self.stream(prompt_ids, params):
+            text.append(last["text"])
+        return {**last, "text": "".join(text)}
+
+    def check_health(self) -> None:
+        if self.engine._thread is None or not self.engine._thread.is_alive():
+            raise RuntimeError("the engine thread has stopped")
+
+    def __del__(self) -> None:
+        self.engine.shutdown()

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from deployments.embedder import EmbedderDeployment
-from deployments.llm import LLMDeployment
+from deployments.llm import EngineArgs, LLMDeployment
 
 from .ingress import Ingress
 
@@ -26,11 +26,13 @@ class AppArgs(BaseModel):
     llm_threads: int | None = Field(None, ge=1, description="ORT threads; default all cores")
     llm_spinning: bool = Field(True, description="ORT thread spinning; off when replicas share cores")
     embedder_threads: int | None = Field(None, ge=1)
+    engine: EngineArgs = Field(default_factory=EngineArgs)
 
 
 def build_app(args: dict) -> Application:
     cfg = AppArgs(**args)
     llm = LLMDeployment.bind(variant=cfg.llm_variant, threads=cfg.llm_threads,
-                             spinning=cfg.llm_spinning, device=cfg.device)
+                             spinning=cfg.llm_spinning, device=cfg.device,
+                             engine=cfg.engine.model_dump())
     embedder = EmbedderDeployment.bind(threads=cfg.embedder_threads, device=cfg.device)
     return Ingress.bind(llm, embedder, cfg.llm_variant)

@@ -9,10 +9,12 @@ import numpy as np
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from core.build.artifacts import EMBEDDER_ID, LLM_ID, build_llm
 from core.llm.chat_tokenizer import ChatTokenizer, PromptTooLong
+from core.llm.engine import Overloaded
 
 from .errors import APIError, install_error_handlers
 from .schemas import (
@@ -62,8 +64,21 @@ class Ingress:
         return {"max_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
                 "seed": req.seed, "stop": req.stop_list()}
 
-    async def _generate(self, prompt_ids: list[int], params: dict) -> dict:
-        return await self.llm.generate.remote(prompt_ids, params)
+    @staticmethod
+    def _api_error(exc: Exception, param: str) -> Exception:
+        """Engine refusals as HTTP errors; anything else stays a server error."""
+        if isinstance(exc, Overloaded | BackPressureError):
+            return APIError(503, f"the model is at capacity ({exc}); retry shortly", None,
+                            "overloaded", "server_error", headers={"Retry-After": "1"})
+        if isinstance(exc, PromptTooLong):
+            return APIError(400, str(exc), param, "context_length_exceeded")
+        return exc
+
+    async def _generate(self, prompt_ids: list[int], params: dict, param: str) -> dict:
+        try:
+            return await self.llm.generate.remote(prompt_ids, params)
+        except Exception as exc:
+            raise self._api_error(exc, param) from exc
 
     # -- routes ------------------------------------------------------------------------------
     @app.get("/healthz")
@@ -84,9 +99,9 @@ class Ingress:
         rid, created = new_id("chatcmpl"), now()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(prompt_ids, params, rid, created, "chat.completion.chunk",
-                                include_usage)
-        out = await self._generate(prompt_ids, params)
+            return await self._stream(prompt_ids, params, rid, created, "chat.completion.chunk",
+                                      include_usage, "messages")
+        out = await self._generate(prompt_ids, params, "messages")
         return {
             "id": rid, "object": "chat.completion", "created": created, "model": LLM_ID,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
@@ -102,8 +117,9 @@ class Ingress:
         rid, created = new_id("cmpl"), now()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(prompt_ids, params, rid, created, "text_completion", include_usage)
-        out = await self._generate(prompt_ids, params)
+            return await self._stream(prompt_ids, params, rid, created, "text_completion",
+                                      include_usage, "prompt")
+        out = await self._generate(prompt_ids, params, "prompt")
         return {
             "id": rid, "object": "text_completion", "created": created, "model": LLM_ID,
             "choices": [{"index": 0, "text": out["text"], "finish_reason": out["finish_reason"],
@@ -139,8 +155,8 @@ class Ingress:
         return Usage(prompt_tokens=len(prompt_ids), completion_tokens=n_tokens,
                      total_tokens=len(prompt_ids) + n_tokens).model_dump()
 
-    def _stream(self, prompt_ids: list[int], params: dict, rid: str, created: int, kind: str,
-                include_usage: bool) -> StreamingResponse:
+    async def _stream(self, prompt_ids: list[int], params: dict, rid: str, created: int, kind: str,
+                      include_usage: bool, param: str) -> StreamingResponse:
         chat = kind == "chat.completion.chunk"
 
         def chunk(text: str | None, finish: str | None, first: bool = False) -> dict:
@@ -153,14 +169,28 @@ class Ingress:
             return {"id": rid, "object": kind, "created": created, "model": LLM_ID,
                     "choices": [choice]}
 
+        deltas = self.llm.options(stream=True).stream.remote(prompt_ids, params)
+        try:  # the first delta decides between an HTTP error and a 200 event stream
+            first = await deltas.__anext__()
+        except Exception as exc:
+            raise self._api_error(exc, param) from exc
+
+        async def all_deltas() -> AsyncIterator[dict]:
+            yield first
+            async for delta in deltas:
+                yield delta
+
         async def events() -> AsyncIterator[str]:
             n_tokens = 0
             if chat:
                 yield _sse(chunk(None, None, first=True))
-            async for delta in self.llm.options(stream=True).stream.remote(prompt_ids, params):
-                n_tokens = delta["n_tokens"]
-                if delta["text"] or delta["finish_reason"]:
-                    yield _sse(chunk(delta["text"], delta["finish_reason"]))
+            try:
+                async for delta in all_deltas():
+                    n_tokens = delta["n_tokens"]
+                    if delta["text"] or delta["finish_reason"]:
+                        yield _sse(chunk(delta["text"], delta["finish_reason"]))
+            finally:
+                deltas.cancel()  # a disconnected client stops its sequence in the engine
             if include_usage:
                 yield _sse({"id": rid, "object": kind, "created": created, "model": LLM_ID,
                             "choices": [], "usage": self._usage(prompt_ids, n_tokens)})

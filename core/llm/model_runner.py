@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnxruntime as ort
 
+from .kv_slots import KVSlots
 from .session import make_session
 
 
@@ -72,3 +74,28 @@ class ModelRunner:
             feed[f"past_value.{i}"] = kv.values[i]
         out = self.session.run(self._out_names, feed)
         return out[0], KVCache(out[1::2], out[2::2], total)
+
+    def forward_slots(self, slots: KVSlots, lo: int, hi: int, input_ids: np.ndarray,
+                      query_lens: np.ndarray, logits_idx: np.ndarray) -> np.ndarray:
+        """Run slots [lo, hi) in place: new KV lands right after each row's valid tokens.
+
+        Rows with query_lens 0 are idle: they attend nothing and their KV is left untouched.
+        """
+        query_lens = np.asarray(query_lens, np.int64)
+        total = slots.lens[lo:hi] + query_lens
+        bind = self.session.io_binding()
+        bind.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
+        # An idle, empty row would give -1, which the kernel rejects; it appends nothing anyway.
+        bind.bind_cpu_input("seqlens_k", np.maximum(total - 1, 0).astype(np.int32))
+        bind.bind_cpu_input("total_seq_len", np.array(max(int(total.max()), 1), np.int32))
+        bind.bind_cpu_input("query_lens", query_lens.astype(np.int32))
+        bind.bind_cpu_input("logits_idx", np.asarray(logits_idx, np.int64)[..., None])
+        for i in range(self.n_layers):
+            for kind, buffers in (("key", slots.keys), ("value", slots.values)):
+                shared = ort.OrtValue.ortvalue_from_numpy(buffers[i][lo:hi])
+                bind.bind_ortvalue_input(f"past_{kind}.{i}", shared)
+                bind.bind_ortvalue_output(f"present_{kind}.{i}", shared)
+        bind.bind_output("logits")
+        self.session.run_with_iobinding(bind)
+        slots.lens[lo:hi] = total
+        return bind.get_outputs()[-1].numpy()

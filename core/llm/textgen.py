@@ -34,8 +34,14 @@ class TextGenerator:
                                   threads, spinning, device)
 
     @classmethod
-    def load(cls, **kwargs) -> TextGenerator:
-        return cls(build_llm(progress=lambda _: None), **kwargs)
+    def load(cls, variant: str = "q4", **kwargs) -> TextGenerator:
+        """Build (or find cached) the model; variants beyond the base build are made on demand."""
+        model_dir = build_llm(progress=lambda _: None)
+        if not (model_dir / f"{variant}.onnx").exists():
+            from ..quant.variants import ensure_variant
+
+            ensure_variant(model_dir, variant)
+        return cls(model_dir, variant=variant, **kwargs)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
         """Text deltas as they become final; the last one carries the finish reason."""

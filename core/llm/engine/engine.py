@@ -1,0 +1,199 @@
+"""The generation engine: continuous batching over KV slots, one model step at a time.
+
+Thread model: `add`/`cancel` may be called from any thread (the replica's event loop);
+steps run on one engine thread (`start`), which reports outputs through each sequence's
+`on_output` callback. Greedy output equals running the request alone: every row is computed
+independently (up to float reassociation in batched kernels, see README).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..chat_tokenizer import ChatTokenizer, PromptTooLong
+from ..detokenizer import StreamDecoder
+from ..kv_slots import KVSlots
+from ..model_runner import ModelRunner
+from ..sampling import SamplingParams, sample
+from .scheduler import Scheduler, Work
+from .sequence import Output, Sequence, Status
+
+
+class Overloaded(RuntimeError):
+    """The waiting queue is full: the caller should retry later (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_running: int = 16  # KV slots: sequences decoding together
+    max_waiting: int = 64  # queued beyond that -> Overloaded
+    max_prefill_tokens: int = 512  # padded tokens per prefill step (long prompts are chunked)
+    max_seq_len: int = 4096  # KV capacity per slot (prompt + generated)
+
+    def __post_init__(self) -> None:
+        for name in ("max_running", "max_prefill_tokens", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_waiting < 0:
+            raise ValueError("max_waiting must be >= 0")
+
+
+@dataclass(frozen=True)
+class StepStats:
+    kind: str
+    batch_size: int
+    tokens: int  # tokens fed to the model
+    seconds: float
+    running: int
+    waiting: int
+    ttfts: list[float]  # seconds, for sequences that got their first token this step
+    itls: list[float]  # seconds between tokens, for sequences that got a later token
+
+
+class LLMEngine:
+    def __init__(self, runner: ModelRunner, chat: ChatTokenizer, config: EngineConfig) -> None:
+        self.runner, self.chat, self.config = runner, chat, config
+        self.max_seq_len = min(config.max_seq_len, chat.context_length)
+        self.slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim,
+                             config.max_running, self.max_seq_len)
+        self.scheduler = Scheduler(config.max_running, config.max_prefill_tokens)
+        self.on_step: Callable[[StepStats], None] | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- requests (any thread) ---------------------------------------------------------------
+    def add(self, prompt_ids: list[int], params: SamplingParams,
+            on_output: Callable[[Output], None]) -> Sequence:
+        if not prompt_ids:
+            raise PromptTooLong("the prompt is empty")
+        if len(prompt_ids) >= self.max_seq_len:
+            raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens; this deployment's "
+                                f"limit is {self.max_seq_len - 1}")
+        params = replace(params, max_tokens=min(params.max_tokens, self.max_seq_len - len(prompt_ids)))
+        seq = Sequence(prompt_ids, params, StreamDecoder(self.chat.tokenizer, params.stop), on_output)
+        with self._lock:
+            if len(self.scheduler.waiting) >= self.config.max_waiting:
+                raise Overloaded(f"{len(self.scheduler.waiting)} requests already waiting")
+            self.scheduler.waiting.append(seq)
+        self._wake.set()
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop a sequence (client gone): it leaves at the next step and frees its slot."""
+        seq.cancelled = True
+        self._wake.set()
+
+    def counts(self) -> tuple[int, int]:
+        """(running, waiting)"""
+        return len(self.scheduler.active), len(self.scheduler.waiting)
+
+    # -- stepping (engine thread) ------------------------------------------------------------
+    def step(self) -> bool:
+        with self._lock:
+            for seq in [s for s in self.scheduler.active + list(self.scheduler.waiting) if s.cancelled]:
+                self._finish(seq, "abort")
+            work = self.scheduler.next_work()
+        if work is None:
+            return False
+        start = time.perf_counter()
+        logits = self._run(work)
+        ttfts, itls = [], []
+        with self._lock:
+            for row, (seq, chunk) in enumerate(zip(work.seqs, work.chunks, strict=True)):
+                seq.n_cached += chunk
+                if seq.status is Status.PREFILLING and seq.n_cached < len(seq.prompt_ids):
+                    continue  # more prompt chunks to go
+                seq.status = Status.DECODING
+                before = seq.last_token_at
+                self._emit(seq, sample(logits[row, 0], seq.params, seq.rng))
+                (itls.append(seq.last_token_at - before) if before is not None
+                 else ttfts.append(seq.last_token_at - seq.arrival))
+            running, waiting = self.counts()
+        if self.on_step:
+            self.on_step(StepStats(work.kind, len(work.seqs), sum(work.chunks),
+                                   time.perf_counter() - start, running, waiting, ttfts, itls))
+        return True
+
+    def _run(self, work: Work) -> np.ndarray:
+        """One forward over the contiguous slot range the work's sequences span.
+
+        Returns logits [len(work.seqs), 1, V] in the order of work.seqs.
+        """
+        lo = min(s.slot for s in work.seqs)
+        hi = max(s.slot for s in work.seqs) + 1
+        width = max(work.chunks)
+        ids = np.zeros((hi - lo, width), np.int64)
+        query_lens = np.zeros(hi - lo, np.int64)
+        logits_idx = np.zeros((hi - lo, 1), np.int64)
+        for seq, chunk in zip(work.seqs, work.chunks, strict=True):
+            row = seq.slot - lo
+            if work.kind == "decode":
+                ids[row, 0] = seq.pending
+            else:
+                ids[row, :chunk] = seq.prompt_ids[seq.n_cached:seq.n_cached + chunk]
+            query_lens[row] = chunk
+            logits_idx[row, 0] = chunk - 1
+        logits = self.runner.forward_slots(self.slots, lo, hi, ids, query_lens, logits_idx)
+        return logits[[s.slot - lo for s in work.seqs]]
+
+    def _emit(self, seq: Sequence, token: int) -> None:
+        seq.last_token_at = time.perf_counter()
+        if seq.first_token_at is None:
+            seq.first_token_at = seq.last_token_at
+        if token in self.chat.stop_ids and not seq.params.ignore_eos:
+            self._finish(seq, "stop")
+            return
+        seq.output_ids.append(token)
+        text = seq.decoder.push(token)
+        if seq.decoder.stopped:
+            self._finish(seq, "stop", text)
+        elif len(seq.output_ids) >= seq.params.max_tokens:
+            self._finish(seq, "length", text)
+        else:
+            seq.pending = token
+            if text:
+                seq.on_output(Output(text, len(seq.output_ids)))
+
+    def _finish(self, seq: Sequence, reason: str, text: str = "") -> None:
+        if seq.finished:
+            return
+        seq.status = Status.FINISHED
+        self.scheduler.release(seq)
+        if seq.slot >= 0:
+            self.slots.lens[seq.slot] = 0
+        if reason != "stop" or not seq.decoder.stopped:
+            text += seq.decoder.flush()
+        seq.on_output(Output(text, len(seq.output_ids), reason))
+
+    # -- loop --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.step():
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Output]:
+        """Run prompts to completion on the calling thread (tests, benchmarks)."""
+        outputs: list[list[Output]] = [[] for _ in prompts]
+        seqs = [self.add(p, params, outputs[i].append) for i, p in enumerate(prompts)]
+        while not all(s.finished for s in seqs):
+            self.step()
+        return [Output("".join(o.text for o in out), out[-1].n_tokens, out[-1].finish_reason)
+                for out in outputs]

@@ -1,0 +1,34 @@
+"""Fixed-capacity KV buffers with one row (slot) per running sequence.
+
+The graph's GroupQueryAttention writes new keys/values in place when its past and present
+outputs are bound to the same buffer, so a decode step copies nothing: rolling back (rejected
+draft tokens) is just lowering `lens`. Buffers are np.zeros, so untouched capacity costs no RAM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class KVSlots:
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, n_slots: int, capacity: int):
+        shape = (n_slots, n_kv_heads, capacity, head_dim)
+        self.keys = [np.zeros(shape, np.float32) for _ in range(n_layers)]
+        self.values = [np.zeros(shape, np.float32) for _ in range(n_layers)]
+        self.lens = np.zeros(n_slots, np.int64)
+        self.n_slots, self.capacity = n_slots, capacity
+        self.bytes_per_token = 2 * n_layers * n_kv_heads * head_dim * 4
+
+    def bytes_in_use(self) -> int:
+        return int(self.lens.sum()) * self.bytes_per_token
+
+    def read(self, slot: int, start: int, stop: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Copies of positions [start, stop) of one slot, per layer ([KV, n, D] each)."""
+        return ([k[slot, :, start:stop].copy() for k in self.keys],
+                [v[slot, :, start:stop].copy() for v in self.values])
+
+    def write(self, slot: int, start: int, keys: list[np.ndarray], values: list[np.ndarray]) -> None:
+        n = keys[0].shape[1]
+        for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
+            self.keys[layer][slot, :, start:start + n] = k
+            self.values[layer][slot, :, start:start + n] = v
