@@ -17,6 +17,7 @@ from ray.serve import metrics
 
 from core.llm.engine import EngineConfig, LLMEngine, Sequence
 from core.llm.engine.engine import StepStats
+from core.llm.prefix_cache import PrefixCacheStats
 from core.llm.sampling import SamplingParams
 from core.llm.textgen import TextGenerator
 
@@ -31,6 +32,14 @@ class EngineArgs(BaseModel):
     max_waiting: int = Field(64, ge=0)
     max_prefill_tokens: int = Field(512, ge=16)
     max_seq_len: int = Field(4096, ge=64)
+    prefix_cache_mb: int = Field(512, ge=0, description="KV kept for prefix reuse; 0 = off")
+    prefix_block_size: int = Field(16, ge=1, le=256)
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(max_running=self.max_running, max_waiting=self.max_waiting,
+                            max_prefill_tokens=self.max_prefill_tokens, max_seq_len=self.max_seq_len,
+                            prefix_cache_bytes=self.prefix_cache_mb << 20,
+                            prefix_block_size=self.prefix_block_size)
 
 
 class EngineMetrics:
@@ -47,6 +56,21 @@ class EngineMetrics:
                                        boundaries=[1, 2, 4, 8, 16, 32, 64], tag_keys=("kind",))
         self.running = metrics.Gauge("llm_running_sequences", description="sequences holding a KV slot")
         self.waiting = metrics.Gauge("llm_waiting_sequences", description="sequences queued for a slot")
+        self.kv_bytes = metrics.Gauge("llm_kv_cache_bytes", description="KV bytes: slots + prefix cache")
+        self.prefix_queried = metrics.Counter("llm_prefix_cache_queried_tokens",
+                                              description="prompt tokens looked up in the prefix cache")
+        self.prefix_hits = metrics.Counter("llm_prefix_cache_hit_tokens",
+                                           description="prompt tokens served from the prefix cache")
+        self.prefix_evictions = metrics.Counter("llm_prefix_cache_evictions",
+                                                description="prefix-cache blocks evicted")
+        self._seen = PrefixCacheStats()
+
+    def record_prefix(self, stats: PrefixCacheStats) -> None:
+        """Counters from the cache's cumulative stats (called on the engine thread)."""
+        self.prefix_queried.inc(stats.queried_tokens - self._seen.queried_tokens)
+        self.prefix_hits.inc(stats.hit_tokens - self._seen.hit_tokens)
+        self.prefix_evictions.inc(stats.evictions - self._seen.evictions)
+        self._seen = dataclasses.replace(stats)
 
     def record(self, step: StepStats) -> None:
         self.batch.observe(step.batch_size, tags={"kind": step.kind})
@@ -57,6 +81,7 @@ class EngineMetrics:
             self.itl.observe(seconds)
         self.running.set(step.running)
         self.waiting.set(step.waiting)
+        self.kv_bytes.set(step.kv_bytes)
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
@@ -65,11 +90,16 @@ class LLMDeployment:
                  device: str = "auto", engine: dict | None = None) -> None:
         generator = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
                                        device=device)
-        config = EngineConfig(**EngineArgs(**(engine or {})).model_dump())
-        self.engine = LLMEngine(generator.runner, generator.chat, config)
+        self.engine = LLMEngine(generator.runner, generator.chat,
+                                EngineArgs(**(engine or {})).engine_config())
         self.metrics = EngineMetrics()
-        self.engine.on_step = self.metrics.record
+        self.engine.on_step = self._on_step
         self.engine.start()
+
+    def _on_step(self, step: StepStats) -> None:
+        self.metrics.record(step)
+        if self.engine.prefix_cache is not None and step.kind == "prefill":
+            self.metrics.record_prefix(self.engine.prefix_cache.stats)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _admit(self, requests: list[tuple[list[int], dict]]) -> list[tuple]:

@@ -19,6 +19,7 @@ from ..chat_tokenizer import ChatTokenizer, PromptTooLong
 from ..detokenizer import StreamDecoder
 from ..kv_slots import KVSlots
 from ..model_runner import ModelRunner
+from ..prefix_cache import PrefixCache
 from ..sampling import SamplingParams, sample
 from .scheduler import Scheduler, Work
 from .sequence import Output, Sequence, Status
@@ -34,13 +35,15 @@ class EngineConfig:
     max_waiting: int = 64  # queued beyond that -> Overloaded
     max_prefill_tokens: int = 512  # padded tokens per prefill step (long prompts are chunked)
     max_seq_len: int = 4096  # KV capacity per slot (prompt + generated)
+    prefix_cache_bytes: int = 512 << 20  # KV kept for reuse across requests; 0 turns it off
+    prefix_block_size: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("max_running", "max_prefill_tokens", "max_seq_len"):
+        for name in ("max_running", "max_prefill_tokens", "max_seq_len", "prefix_block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.max_waiting < 0:
-            raise ValueError("max_waiting must be >= 0")
+        if self.max_waiting < 0 or self.prefix_cache_bytes < 0:
+            raise ValueError("max_waiting and prefix_cache_bytes must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class StepStats:
     waiting: int
     ttfts: list[float]  # seconds, for sequences that got their first token this step
     itls: list[float]  # seconds between tokens, for sequences that got a later token
+    kv_bytes: int  # KV held: running sequences plus the prefix cache
 
 
 class LLMEngine:
@@ -62,6 +66,8 @@ class LLMEngine:
         self.slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim,
                              config.max_running, self.max_seq_len)
         self.scheduler = Scheduler(config.max_running, config.max_prefill_tokens)
+        self.prefix_cache = (PrefixCache(config.prefix_cache_bytes, config.prefix_block_size)
+                             if config.prefix_cache_bytes else None)
         self.on_step: Callable[[StepStats], None] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -99,6 +105,8 @@ class LLMEngine:
         with self._lock:
             for seq in [s for s in self.scheduler.active + list(self.scheduler.waiting) if s.cancelled]:
                 self._finish(seq, "abort")
+            for seq in self.scheduler.admit():
+                self._reuse_prefix(seq)
             work = self.scheduler.next_work()
         if work is None:
             return False
@@ -110,16 +118,39 @@ class LLMEngine:
                 seq.n_cached += chunk
                 if seq.status is Status.PREFILLING and seq.n_cached < len(seq.prompt_ids):
                     continue  # more prompt chunks to go
+                if seq.status is Status.PREFILLING:  # prompt done: share it with later requests
+                    self._cache_kv(seq, seq.prompt_ids)
                 seq.status = Status.DECODING
                 before = seq.last_token_at
                 self._emit(seq, sample(logits[row, 0], seq.params, seq.rng))
                 (itls.append(seq.last_token_at - before) if before is not None
                  else ttfts.append(seq.last_token_at - seq.arrival))
             running, waiting = self.counts()
+            kv_bytes = self.slots.bytes_in_use() + (self.prefix_cache.bytes_in_use
+                                                    if self.prefix_cache else 0)
         if self.on_step:
             self.on_step(StepStats(work.kind, len(work.seqs), sum(work.chunks),
-                                   time.perf_counter() - start, running, waiting, ttfts, itls))
+                                   time.perf_counter() - start, running, waiting, ttfts, itls,
+                                   kv_bytes))
         return True
+
+    def _reuse_prefix(self, seq: Sequence) -> None:
+        """Copy the longest cached prefix into the new sequence's slot; prefill only the rest.
+
+        The last prompt token is always prefilled: its logits give the first new token.
+        """
+        if self.prefix_cache is None:
+            return
+        seq.prefix_blocks = self.prefix_cache.match(seq.prompt_ids[:-1])
+        size = self.prefix_cache.block_size
+        for i, block in enumerate(seq.prefix_blocks):
+            self.slots.write(seq.slot, i * size, block.keys, block.values)
+        seq.n_cached = len(seq.prefix_blocks) * size
+        self.slots.lens[seq.slot] = seq.n_cached
+
+    def _cache_kv(self, seq: Sequence, tokens: list[int]) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.insert(tokens, lambda a, b: self.slots.read(seq.slot, a, b))
 
     def _run(self, work: Work) -> np.ndarray:
         """One forward over the contiguous slot range the work's sequences span.
@@ -165,9 +196,14 @@ class LLMEngine:
         if seq.finished:
             return
         seq.status = Status.FINISHED
-        self.scheduler.release(seq)
         if seq.slot >= 0:
+            # The slot's KV holds every token fed so far: keep it for the next turn of this chat.
+            self._cache_kv(seq, seq.all_ids[:int(self.slots.lens[seq.slot])])
             self.slots.lens[seq.slot] = 0
+        if self.prefix_cache is not None:
+            self.prefix_cache.release(seq.prefix_blocks)
+            seq.prefix_blocks = []
+        self.scheduler.release(seq)
         if reason != "stop" or not seq.decoder.stopped:
             text += seq.decoder.flush()
         seq.on_output(Output(text, len(seq.output_ids), reason))

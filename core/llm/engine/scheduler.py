@@ -38,14 +38,17 @@ class Scheduler:
         elif seq in self.waiting:
             self.waiting.remove(seq)
 
-    def _admit(self) -> None:
+    def admit(self) -> list[Sequence]:
+        """Give free slots to waiting sequences (FIFO); returns the newly admitted."""
+        admitted = []
         while self.waiting and self.free_slots:
             seq = self.waiting.popleft()
             seq.slot, seq.status = self.free_slots.pop(0), Status.PREFILLING
             self.active.append(seq)
+            admitted.append(seq)
+        return admitted
 
     def next_work(self) -> Work | None:
-        self._admit()
         prefilling = sorted((s for s in self.active if s.status is Status.PREFILLING),
                             key=lambda s: s.slot)
         decoding = sorted(self.running(), key=lambda s: s.slot)

@@ -45,6 +45,7 @@ class Sequence:
     n_cached: int = 0  # tokens of all_ids already in the slot's KV
     pending: int | None = None  # sampled, emitted, not yet fed to the model
     cancelled: bool = False
+    prefix_blocks: list = field(default_factory=list)  # prefix-cache blocks this sequence reuses
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     last_token_at: float | None = None
