@@ -67,9 +67,11 @@ class EngineMetrics:
 
     def record_prefix(self, stats: PrefixCacheStats) -> None:
         """Counters from the cache's cumulative stats (called on the engine thread)."""
-        self.prefix_queried.inc(stats.queried_tokens - self._seen.queried_tokens)
-        self.prefix_hits.inc(stats.hit_tokens - self._seen.hit_tokens)
-        self.prefix_evictions.inc(stats.evictions - self._seen.evictions)
+        for counter, now, before in ((self.prefix_queried, stats.queried_tokens, self._seen.queried_tokens),
+                                     (self.prefix_hits, stats.hit_tokens, self._seen.hit_tokens),
+                                     (self.prefix_evictions, stats.evictions, self._seen.evictions)):
+            if now > before:  # Serve's counters reject increments of 0
+                counter.inc(now - before)
         self._seen = dataclasses.replace(stats)
 
     def record(self, step: StepStats) -> None:
@@ -124,6 +126,8 @@ class LLMDeployment:
         try:
             while True:
                 out = await queue.get()
+                if out.finish_reason == "error":
+                    raise RuntimeError(f"generation failed: {out.text}")
                 yield dataclasses.asdict(out)
                 if out.finish_reason:
                     return

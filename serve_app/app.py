@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from deployments.embedder import EmbedderDeployment
 from deployments.llm import EngineArgs, LLMDeployment
@@ -27,11 +28,24 @@ class AppArgs(BaseModel):
     llm_spinning: bool = Field(True, description="ORT thread spinning; off when replicas share cores")
     embedder_threads: int | None = Field(None, ge=1)
     engine: EngineArgs = Field(default_factory=EngineArgs)
+    prefix_routing: bool = Field(True, description="route requests to the replica holding their "
+                                                   "prefix's KV (matters with >1 LLM replica)")
 
 
 def build_app(args: dict) -> Application:
+    """Serve's app builder: exactly one parameter, the config's `args`."""
+    return build_graph(args)
+
+
+def build_graph(args: dict, llm_options: dict | None = None) -> Application:
+    """`llm_options` (tests, benchmarks) go to LLMDeployment.options; configs use `deployments:`."""
     cfg = AppArgs(**args)
-    llm = LLMDeployment.bind(variant=cfg.llm_variant, threads=cfg.llm_threads,
+    llm = LLMDeployment.options(**(llm_options or {}))
+    if cfg.prefix_routing:
+        llm = llm.options(request_router_config=RequestRouterConfig(
+            request_router_class="serve_app.routing:PrefixAffinityRouter",
+            request_router_kwargs={"block_size": cfg.engine.prefix_block_size}))
+    llm = llm.bind(variant=cfg.llm_variant, threads=cfg.llm_threads,
                              spinning=cfg.llm_spinning, device=cfg.device,
                              engine=cfg.engine.model_dump())
     embedder = EmbedderDeployment.bind(threads=cfg.embedder_threads, device=cfg.device)

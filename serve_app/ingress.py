@@ -106,7 +106,7 @@ class Ingress:
             "id": rid, "object": "chat.completion", "created": created, "model": LLM_ID,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
                          "finish_reason": out["finish_reason"], "logprobs": None}],
-            "usage": self._usage(prompt_ids, out["n_tokens"]),
+            "usage": self._usage(prompt_ids, out["n_tokens"], out["cached_tokens"]),
         }
 
     @app.post("/v1/completions")
@@ -124,7 +124,7 @@ class Ingress:
             "id": rid, "object": "text_completion", "created": created, "model": LLM_ID,
             "choices": [{"index": 0, "text": out["text"], "finish_reason": out["finish_reason"],
                          "logprobs": None}],
-            "usage": self._usage(prompt_ids, out["n_tokens"]),
+            "usage": self._usage(prompt_ids, out["n_tokens"], out["cached_tokens"]),
         }
 
     @app.post("/v1/embeddings")
@@ -151,9 +151,10 @@ class Ingress:
         return v.tolist()
 
     @staticmethod
-    def _usage(prompt_ids: list[int], n_tokens: int) -> dict:
+    def _usage(prompt_ids: list[int], n_tokens: int, cached_tokens: int = 0) -> dict:
         return Usage(prompt_tokens=len(prompt_ids), completion_tokens=n_tokens,
-                     total_tokens=len(prompt_ids) + n_tokens).model_dump()
+                     total_tokens=len(prompt_ids) + n_tokens,
+                     prompt_tokens_details={"cached_tokens": cached_tokens}).model_dump()
 
     async def _stream(self, prompt_ids: list[int], params: dict, rid: str, created: int, kind: str,
                       include_usage: bool, param: str) -> StreamingResponse:
@@ -181,19 +182,22 @@ class Ingress:
                 yield delta
 
         async def events() -> AsyncIterator[str]:
-            n_tokens = 0
+            n_tokens = cached = 0
             if chat:
                 yield _sse(chunk(None, None, first=True))
             try:
                 async for delta in all_deltas():
-                    n_tokens = delta["n_tokens"]
+                    n_tokens, cached = delta["n_tokens"], delta["cached_tokens"]
                     if delta["text"] or delta["finish_reason"]:
                         yield _sse(chunk(delta["text"], delta["finish_reason"]))
+            except Exception as exc:  # noqa: BLE001 - headers are sent: report it in the stream
+                yield _sse({"error": {"message": f"generation failed: {exc}", "type": "server_error",
+                                      "param": None, "code": "internal_error"}})
             finally:
                 deltas.cancel()  # a disconnected client stops its sequence in the engine
             if include_usage:
                 yield _sse({"id": rid, "object": kind, "created": created, "model": LLM_ID,
-                            "choices": [], "usage": self._usage(prompt_ids, n_tokens)})
+                            "choices": [], "usage": self._usage(prompt_ids, n_tokens, cached)})
             yield _sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream",

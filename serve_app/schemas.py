@@ -109,6 +109,7 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int = 0
     total_tokens: int
+    prompt_tokens_details: dict[str, int] | None = None  # {"cached_tokens": n}: prefix-cache hits
 
 
 def new_id(prefix: str) -> str:

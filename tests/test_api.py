@@ -85,3 +85,14 @@ def test_bad_requests_are_4xx_naming_the_field(client, serve_url):
     r = httpx.post(f"{serve_url}/v1/completions",
                    json={"model": CHAT, "prompt": "word " * 9000, "max_tokens": 4}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_repeated_system_prompt_reports_cached_tokens(serve_url):
+    system = "You are a careful assistant that answers in one short sentence. " * 8
+    body = {"model": CHAT, "max_tokens": 3, "temperature": 0,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]}
+    first = httpx.post(f"{serve_url}/v1/chat/completions", json=body, timeout=60).json()["usage"]
+    body["messages"][1]["content"] = "Hello there"
+    second = httpx.post(f"{serve_url}/v1/chat/completions", json=body, timeout=60).json()["usage"]
+    assert first["prompt_tokens_details"]["cached_tokens"] < 16
+    assert second["prompt_tokens_details"]["cached_tokens"] >= second["prompt_tokens"] - 24

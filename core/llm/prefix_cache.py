@@ -23,6 +23,16 @@ import numpy as np
 KVReader = Callable[[int, int], tuple[list[np.ndarray], list[np.ndarray]]]  # (start, stop) -> K, V
 
 
+def chain_hashes(tokens: list[int], block_size: int) -> list[bytes]:
+    """One hash per full block; each covers the whole prefix up to the end of its block."""
+    out, prev = [], b""
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        block = np.asarray(tokens[start:start + block_size], np.int64).tobytes()
+        prev = hashlib.blake2b(prev + block, digest_size=16).digest()
+        out.append(prev)
+    return out
+
+
 @dataclass(eq=False)
 class Block:
     key: bytes
@@ -56,12 +66,7 @@ class PrefixCache:
             raise ValueError("budget_bytes must be >= 0 and block_size >= 1")
 
     def _hashes(self, tokens: list[int]) -> list[bytes]:
-        out, prev = [], b""
-        for start in range(0, len(tokens) - self.block_size + 1, self.block_size):
-            block = np.asarray(tokens[start:start + self.block_size], np.int64).tobytes()
-            prev = hashlib.blake2b(prev + block, digest_size=16).digest()
-            out.append(prev)
-        return out
+        return chain_hashes(tokens, self.block_size)
 
     def match(self, tokens: list[int]) -> list[Block]:
         """Longest run of cached full blocks that starts `tokens`; the caller holds a reference

@@ -8,6 +8,7 @@ independently (up to float reassociation in batched kernels, see README).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from ..prefix_cache import PrefixCache
 from ..sampling import SamplingParams, sample
 from .scheduler import Scheduler, Work
 from .sequence import Output, Sequence, Status
+
+logger = logging.getLogger(__name__)
 
 
 class Overloaded(RuntimeError):
@@ -145,7 +148,7 @@ class LLMEngine:
         size = self.prefix_cache.block_size
         for i, block in enumerate(seq.prefix_blocks):
             self.slots.write(seq.slot, i * size, block.keys, block.values)
-        seq.n_cached = len(seq.prefix_blocks) * size
+        seq.n_cached = seq.reused_tokens = len(seq.prefix_blocks) * size
         self.slots.lens[seq.slot] = seq.n_cached
 
     def _cache_kv(self, seq: Sequence, tokens: list[int]) -> None:
@@ -198,7 +201,8 @@ class LLMEngine:
         seq.status = Status.FINISHED
         if seq.slot >= 0:
             # The slot's KV holds every token fed so far: keep it for the next turn of this chat.
-            self._cache_kv(seq, seq.all_ids[:int(self.slots.lens[seq.slot])])
+            if reason != "error":
+                self._cache_kv(seq, seq.all_ids[:int(self.slots.lens[seq.slot])])
             self.slots.lens[seq.slot] = 0
         if self.prefix_cache is not None:
             self.prefix_cache.release(seq.prefix_blocks)
@@ -206,7 +210,7 @@ class LLMEngine:
         self.scheduler.release(seq)
         if reason != "stop" or not seq.decoder.stopped:
             text += seq.decoder.flush()
-        seq.on_output(Output(text, len(seq.output_ids), reason))
+        seq.on_output(Output(text, len(seq.output_ids), reason, seq.reused_tokens))
 
     # -- loop --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -221,9 +225,22 @@ class LLMEngine:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if not self.step():
+            try:
+                busy = self.step()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive one bad step
+                logger.exception("engine step failed; failing the sequences in flight")
+                self._fail_all(exc)
+                continue
+            if not busy:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
+
+    def _fail_all(self, exc: Exception) -> None:
+        """Every accepted request hears about a failure: none is dropped silently."""
+        with self._lock:
+            for seq in self.scheduler.active + list(self.scheduler.waiting):
+                seq.decoder = StreamDecoder(self.chat.tokenizer)  # nothing more to release
+                self._finish(seq, "error", f"{type(exc).__name__}: {exc}")
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Output]:
         """Run prompts to completion on the calling thread (tests, benchmarks)."""

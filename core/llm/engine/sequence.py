@@ -29,7 +29,8 @@ class Output:
 
     text: str
     n_tokens: int
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (set when finished)
 
 
 @dataclass(eq=False)
@@ -46,6 +47,7 @@ class Sequence:
     pending: int | None = None  # sampled, emitted, not yet fed to the model
     cancelled: bool = False
     prefix_blocks: list = field(default_factory=list)  # prefix-cache blocks this sequence reuses
+    reused_tokens: int = 0
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     last_token_at: float | None = None
