@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
+from deployments.cache import CacheArgs, CacheDeployment
 from deployments.embedder import EmbedderDeployment
 from deployments.llm import EngineArgs, LLMDeployment
 
@@ -28,6 +29,9 @@ class AppArgs(BaseModel):
     llm_spinning: bool = Field(True, description="ORT thread spinning; off when replicas share cores")
     embedder_threads: int | None = Field(None, ge=1)
     engine: EngineArgs = Field(default_factory=EngineArgs)
+    cache: CacheArgs = Field(default_factory=CacheArgs)
+    api_keys: dict[str, str] | None = Field(None, description="API key -> tenant; also env "
+                                                              "EFFSERVE_API_KEYS; none = auth off")
     prefix_routing: bool = Field(True, description="route requests to the replica holding their "
                                                    "prefix's KV (matters with >1 LLM replica)")
 
@@ -49,4 +53,5 @@ def build_graph(args: dict, llm_options: dict | None = None) -> Application:
                              spinning=cfg.llm_spinning, device=cfg.device,
                              engine=cfg.engine.model_dump())
     embedder = EmbedderDeployment.bind(threads=cfg.embedder_threads, device=cfg.device)
-    return Ingress.bind(llm, embedder, cfg.llm_variant)
+    cache = CacheDeployment.bind(embedder, cfg.cache.model_dump()) if cfg.cache.enabled else None
+    return Ingress.bind(llm, embedder, cache, cfg.llm_variant, cfg.api_keys)

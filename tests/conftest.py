@@ -62,24 +62,31 @@ def ray_session():
     ray.shutdown()
 
 
+def wait_healthy(url: str, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not become healthy")
+
+
 @pytest.fixture(scope="session")
-def serve_url(ray_session, llm_dir, embedder_dir) -> str:
+def serve_url(ray_session, llm_dir, embedder_dir, tmp_path_factory) -> str:
     """The real app (configs/local.yaml's graph) running in Ray Serve, reachable over HTTP."""
     from ray import serve
 
     from serve_app.app import build_app
 
     serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
-    serve.run(build_app({"device": "cpu", "llm_variant": "q4", "llm_spinning": False}),
+    cache_dir = str(tmp_path_factory.mktemp("chroma"))
+    serve.run(build_app({"device": "cpu", "llm_variant": "q4", "llm_spinning": False,
+                         "cache": {"data_dir": cache_dir}}),
               name="effserve", route_prefix="/")
     url = f"http://127.0.0.1:{SERVE_PORT}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    wait_healthy(url)
     yield url
     serve.shutdown()

@@ -49,7 +49,7 @@ from serve_app.app import AppArgs  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 CLUSTER_CONFIGS = [ROOT / "cluster.yaml", ROOT / "cluster-onprem.yaml"]
-CODE_DEPLOYMENTS = {"Ingress", "LLMDeployment", "EmbedderDeployment"}
+CODE_DEPLOYMENTS = {"Ingress", "LLMDeployment", "EmbedderDeployment", "CacheDeployment"}
 GPU_DEPLOYMENTS = {"LLMDeployment", "EmbedderDeployment"}
 CHROMA_CMD = "chroma run --path /home/ubuntu/chroma --host 0.0.0.0 --port 8001"
 

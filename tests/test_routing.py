@@ -18,7 +18,8 @@ def two_replica_url(serve_url):
 
     # Two LLM replicas on this 2-core machine: one thread each.
     app = build_graph({"device": "cpu", "llm_variant": "q4", "llm_spinning": False, "llm_threads": 1,
-                     "engine": {"max_running": 4, "max_seq_len": 1024}},
+                     "engine": {"max_running": 4, "max_seq_len": 1024},
+                      "cache": {"enabled": False}},
                     llm_options={"num_replicas": 2, "ray_actor_options": {"num_cpus": 1}})
     serve.run(app, name="routing", route_prefix="/routing")
     yield f"{serve_url}/routing"

@@ -1,0 +1,97 @@
+"""Response-cache deployment: the chromadb store (exact + semantic) in front of the models.
+
+The embedded store may be opened by one process only, so this deployment runs one replica
+by default; with a `chroma run` server (host set) it can scale out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import metrics
+from ray.serve.handle import DeploymentHandle
+
+from core.cache import DEFAULT_THRESHOLD, CacheConfig, CacheStore, RequestKeys
+
+LOOKUP_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 250, 500]
+
+
+class CacheArgs(BaseModel):
+    """`cache:` in the app's args. A chroma server is used when host is set (or CHROMA_HOST)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    data_dir: str | None = Field(None, description="embedded store; default ~/.cache/effserve/chroma")
+    host: str | None = None
+    port: int = Field(8000, ge=1, le=65535)
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=0.0, le=1.0)
+    ttl_s: float = Field(3600.0, gt=0.0)
+    max_entries_per_partition: int = Field(10_000, ge=1)
+    timeout_s: float = Field(0.25, gt=0.0, description="a slower store is skipped, served uncached")
+    purge_interval_s: float = Field(60.0, gt=0.0)
+
+    def store_config(self) -> CacheConfig:
+        host = self.host or os.environ.get("CHROMA_HOST")
+        common = {"threshold": self.threshold, "ttl_s": self.ttl_s, "timeout_s": self.timeout_s,
+                  "max_entries_per_partition": self.max_entries_per_partition}
+        if host:
+            return CacheConfig(host=host, port=int(os.environ.get("CHROMA_PORT", self.port)), **common)
+        default_dir = Path.home() / ".cache" / "effserve" / "chroma"
+        return CacheConfig(data_dir=Path(self.data_dir or default_dir).expanduser(), **common)
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
+class CacheDeployment:
+    def __init__(self, embedder: DeploymentHandle, args: dict) -> None:
+        self.args = CacheArgs(**args)
+        self.store = CacheStore(self.args.store_config())
+        self.embedder = embedder
+        self.lookups = metrics.Counter("cache_lookups", description="cache lookups by result",
+                                       tag_keys=("result",))
+        self.latency = metrics.Histogram("cache_lookup_ms", description="cache lookup latency",
+                                         boundaries=LOOKUP_BOUNDARIES_MS)
+        self.entries = metrics.Gauge("cache_entries", description="entries in the response cache")
+        self.errors = metrics.Gauge("cache_store_errors", description="store calls failed or timed out")
+        self._purger = asyncio.get_event_loop().create_task(self._purge_forever())
+
+    async def _purge_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.args.purge_interval_s)
+            await asyncio.to_thread(self.store.purge_expired)
+            stats = self.store.stats()
+            self.entries.set(stats.entries)
+            self.errors.set(stats.errors)
+
+    async def lookup(self, keys: RequestKeys) -> tuple[dict | None, np.ndarray | None]:
+        """(hit, embedding): hit = {"kind": "exact"|"semantic", "body": ...} or None.
+
+        Exact first (no embedding needed); the prompt is embedded only for the semantic try,
+        and the embedding comes back so the caller can store its answer under it."""
+        start = time.perf_counter()
+        hit = await self.store.alookup(keys.exact, keys.partition, None, None)
+        embedding = None
+        if hit is None and keys.semantic_text:
+            vectors, _ = await self.embedder.embed.remote([keys.semantic_text])
+            embedding = vectors[0]
+            hit = await self.store.alookup(keys.exact, keys.partition, embedding, keys.semantic_text)
+        self.latency.observe((time.perf_counter() - start) * 1000)
+        self.lookups.inc(tags={"result": f"hit-{hit.kind}" if hit else "miss"})
+        return ({"kind": hit.kind, "body": hit.body, "similarity": hit.similarity} if hit else None,
+                embedding)
+
+    async def put(self, keys: RequestKeys, embedding: np.ndarray | None, body: dict, model: str) -> bool:
+        return await self.store.aput(keys.exact, keys.partition, embedding, keys.semantic_text, body,
+                                     self.args.ttl_s, model=model)
+
+    async def invalidate(self, model: str | None = None) -> int:
+        return await asyncio.to_thread(self.store.invalidate, model)
+
+    def stats(self) -> dict:
+        return dataclasses.asdict(self.store.stats())

@@ -1,0 +1,397 @@
+"""CacheStore against the real chromadb: embedded (tmp dir) and server (`chroma run`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from cache_vectors import near, unit
+from pydantic import ValidationError
+
+from core.cache import keys
+from core.cache.config import CacheConfig
+from core.cache.store import CacheStore, StoreLocked
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "Convert 100 °F to Celsius"
+PARAPHRASE = "What is 100 degrees Fahrenheit in Celsius?"
+NEAR_MISS = "Convert 100 °C to Fahrenheit"
+
+
+def body(text: str) -> dict:
+    return {
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }  # fmt: skip
+
+
+def request(prompt: str = PROMPT, model: str = "m1", tenant: str = "t1", **params) -> keys.RequestKeys:
+    payload = {"messages": [{"role": "user", "content": prompt}], "temperature": 0, **params}
+    return keys.request_keys(model, "chat", payload, tenant)
+
+
+@pytest.fixture
+def make_store(tmp_path, clock):
+    stores: list[CacheStore] = []
+
+    def make(**overrides) -> CacheStore:
+        cfg = {"data_dir": tmp_path / "cache", "threshold": 0.9, **overrides}
+        store = CacheStore(CacheConfig(**cfg), clock=clock)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store) -> CacheStore:
+    return make_store()
+
+
+def put(store: CacheStore, k: keys.RequestKeys, vec, text: str = "37.8 °C", model: str = "m1", **kw) -> None:
+    assert store.put(k.exact, k.partition, vec, k.semantic_text, body(text), model=model, **kw)
+
+
+# ------------------------------------------------------------- exact/semantic
+
+
+def test_exact_hit_after_put(store):
+    k, v = request(), unit(1)
+    assert store.lookup(k.exact, k.partition, v, k.semantic_text) is None
+    put(store, k, v)
+    hit = store.lookup(k.exact, k.partition, v, k.semantic_text)
+    assert hit is not None and hit.kind == "exact" and hit.similarity == 1.0
+    assert hit.body == body("37.8 °C")
+    s = store.stats()
+    assert (s.hits_exact, s.hits_semantic, s.misses, s.puts, s.entries) == (1, 0, 1, 1, 1)
+
+
+def test_semantic_hit_for_paraphrase(store):
+    k, v = request(), unit(1)
+    put(store, k, v)
+    para = request(PARAPHRASE)
+    assert para.partition == k.partition and para.exact != k.exact
+    hit = store.lookup(para.exact, para.partition, near(v, 2), para.semantic_text)
+    assert hit is not None and hit.kind == "semantic"
+    assert 0.9 <= hit.similarity < 1.0 and hit.prompt == PROMPT
+    assert store.stats().hits_semantic == 1
+
+
+def test_below_threshold_is_a_miss(store):
+    k, v = request(), unit(1)
+    put(store, k, v)
+    para = request(PARAPHRASE)
+    assert store.lookup(para.exact, para.partition, near(v, 2, distance=0.6), para.semantic_text) is None
+    assert store.lookup(para.exact, para.partition, unit(99), para.semantic_text) is None
+    # the same vector passes with a lower per-call threshold
+    assert store.lookup(para.exact, para.partition, near(v, 2, distance=0.6), para.semantic_text, 0.8)
+
+
+def test_guard_rejects_close_vector_with_different_meaning(make_store):
+    k, v = request(), unit(1)
+    miss = request(NEAR_MISS)
+    guarded = make_store()
+    put(guarded, k, v)
+    assert guarded.lookup(miss.exact, miss.partition, near(v, 3), miss.semantic_text) is None
+    assert guarded.stats().guard_rejects == 1
+    guarded.close()
+    # the same lookup without the guard would have served the wrong answer
+    unguarded = make_store(guard=False)
+    hit = unguarded.lookup(miss.exact, miss.partition, near(v, 3), miss.semantic_text)
+    assert hit is not None and hit.kind == "semantic"
+
+
+def test_no_prompt_text_means_no_semantic_hit(store):
+    k, v = request(), unit(1)
+    put(store, k, v)
+    assert store.lookup("other-key", k.partition, near(v, 2), None) is None
+
+
+def test_exact_only_entries(store):
+    payload = {"input": "some text", "model": "e"}
+    k = keys.request_keys("e", "embeddings", payload, "t1")
+    assert k.semantic_text is None
+    assert store.put(k.exact, k.partition, None, None, {"data": [1]}, model="e")
+    hit = store.lookup(k.exact, k.partition, None, None)
+    assert hit is not None and hit.kind == "exact" and hit.body == {"data": [1]}
+
+
+# ----------------------------------------------------------------- partitions
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"model": "m2"},
+        {"tenant": "t2"},
+        {"max_tokens": 7},
+        {"temperature": 0, "seed": 3},
+    ],
+)
+def test_partitions_are_isolated(store, other):
+    k, v = request(), unit(1)
+    put(store, k, v)
+    o = request(**other)
+    assert o.partition != k.partition
+    # same prompt, same vector: still no hit across partitions
+    assert store.lookup(o.exact, o.partition, v, o.semantic_text) is None
+
+
+# ------------------------------------------------------------------------ TTL
+
+
+def test_ttl_expiry_and_purge(store, clock):
+    k, v = request(), unit(1)
+    put(store, k, v, ttl_s=10)
+    clock.advance(9)
+    assert store.lookup(k.exact, k.partition, v, k.semantic_text) is not None
+    clock.advance(2)
+    assert store.lookup(k.exact, k.partition, v, k.semantic_text) is None
+    para = request(PARAPHRASE)
+    assert store.lookup(para.exact, para.partition, near(v, 2), para.semantic_text) is None
+    assert store.purge_expired() == 1
+    s = store.stats()
+    assert s.entries == 0 and s.expired == 1 and s.partitions == 0  # empty partitions are dropped
+
+
+def test_purge_keeps_live_entries(store, clock):
+    a, b = request("What is 7 times 8?"), request("What is 9 times 9?")
+    put(store, a, unit(1), ttl_s=5)
+    put(store, b, unit(2), ttl_s=500)
+    clock.advance(10)
+    assert store.purge_expired() == 1
+    assert store.lookup(b.exact, b.partition, unit(2), b.semantic_text) is not None
+    assert store.stats().entries == 1
+
+
+def test_config_validation(tmp_path):
+    for bad in ({"threshold": 0}, {"threshold": 1.5}, {"ttl_s": 0}, {"timeout_s": 0}, {"max_partitions": 0}):
+        with pytest.raises(ValidationError):
+            CacheConfig(data_dir=tmp_path, **bad)
+    with pytest.raises(ValidationError):
+        CacheConfig()  # neither data_dir nor host
+    with pytest.raises(ValidationError):
+        CacheConfig(data_dir=tmp_path, host="localhost")
+    assert 0 < CacheConfig(data_dir=tmp_path).threshold <= 1
+
+
+def test_invalid_partition_name_is_refused(store):
+    with pytest.raises(ValueError):
+        store.lookup("k", "bad name!", None, None)
+
+
+# ------------------------------------------------------------ invalidation
+
+
+def test_invalidate_one_model_then_all(store):
+    m1, m2 = request(model="m1"), request(model="m2")
+    put(store, m1, unit(1), model="m1")
+    put(store, m2, unit(1), model="m2")
+    assert store.invalidate("m1") == 1
+    assert store.lookup(m1.exact, m1.partition, unit(1), m1.semantic_text) is None
+    assert store.lookup(m2.exact, m2.partition, unit(1), m2.semantic_text) is not None
+    put(store, m1, unit(1), model="m1")
+    assert store.invalidate() == 2
+    assert store.lookup(m2.exact, m2.partition, unit(1), m2.semantic_text) is None
+    assert store.stats().entries == 0
+    # the store keeps working after invalidation
+    put(store, m1, unit(1), model="m1")
+    assert store.lookup(m1.exact, m1.partition, unit(1), m1.semantic_text) is not None
+
+
+# -------------------------------------------------------------------- bounds
+
+
+def test_lru_eviction_per_partition(make_store, clock):
+    store = make_store(max_entries_per_partition=5, evict_fraction=0.2)
+    reqs = [request(f"What is {i} times {i}?") for i in range(6)]
+    for i, k in enumerate(reqs[:5]):
+        put(store, k, unit(i))
+        clock.advance(1)
+    # entry 0 is the oldest write but was just used: LRU keeps it
+    assert store.lookup(reqs[0].exact, reqs[0].partition, unit(0), reqs[0].semantic_text).kind == "exact"
+    clock.advance(1)
+    put(store, reqs[5], unit(5))  # 6 > 5: evict down to 4
+    alive = [
+        store.lookup(k.exact, k.partition, unit(i), k.semantic_text) is not None for i, k in enumerate(reqs)
+    ]
+    assert alive == [True, False, False, True, True, True]
+    s = store.stats()
+    assert s.evictions == 2 and s.entries == 4
+
+
+def test_partition_bound_drops_least_recently_used(make_store, clock):
+    store = make_store(max_partitions=2)
+    a, b, c = request(model="a"), request(model="b"), request(model="c")
+    put(store, a, unit(1), model="a")
+    clock.advance(1)
+    put(store, b, unit(1), model="b")
+    clock.advance(1)
+    assert store.lookup(a.exact, a.partition, unit(1), a.semantic_text) is not None  # a is now newer than b
+    clock.advance(1)
+    put(store, c, unit(1), model="c")
+    assert store.lookup(b.exact, b.partition, unit(1), b.semantic_text) is None
+    assert store.lookup(a.exact, a.partition, unit(1), a.semantic_text) is not None
+    assert store.lookup(c.exact, c.partition, unit(1), c.semantic_text) is not None
+    assert store.stats().partitions == 2
+
+
+# ---------------------------------------------------------- restart / owner
+
+
+def test_survives_close_and_reopen(make_store):
+    k, v = request(), unit(1)
+    first = make_store()
+    put(first, k, v)
+    first.close()
+    again = make_store()
+    assert again.stats().entries == 1
+    assert again.lookup(k.exact, k.partition, v, k.semantic_text).kind == "exact"
+    para = request(PARAPHRASE)
+    assert again.lookup(para.exact, para.partition, near(v, 2), para.semantic_text).kind == "semantic"
+
+
+def test_survives_process_exit(tmp_path, clock):
+    """A process writes and exits without closing; the next process reads it."""
+    k = request()
+    code = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from core.cache.config import CacheConfig
+        from core.cache.store import CacheStore
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from cache_vectors import unit
+        store = CacheStore(CacheConfig(data_dir={str(tmp_path / "cache")!r}))
+        k = ({k.exact!r}, {k.partition!r}, {k.semantic_text!r})
+        assert store.put(k[0], k[1], unit(1), k[2], {{"answer": 42}}, model="m1")
+        os._exit(0)  # no close(): like a crash right after the write
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT)
+    with CacheStore(CacheConfig(data_dir=tmp_path / "cache")) as store:
+        hit = store.lookup(k.exact, k.partition, unit(1), k.semantic_text)
+        assert hit is not None and hit.body == {"answer": 42}
+
+
+def test_one_process_owns_the_embedded_store(make_store):
+    owner = make_store()
+    with pytest.raises(StoreLocked):
+        make_store()
+    owner.close()
+    make_store()  # free again after close
+
+
+# ------------------------------------------------------------------- async
+
+
+def test_async_api(store):
+    k, v = request(), unit(1)
+
+    async def run():
+        assert await store.aput(k.exact, k.partition, v, k.semantic_text, body("x"), model="m1")
+        return await store.alookup(k.exact, k.partition, v, k.semantic_text)
+
+    hit = asyncio.run(run())
+    assert hit is not None and hit.body == body("x")
+
+
+# -------------------------------------------------------------- server mode
+
+
+def server_store(server, clock, **overrides) -> CacheStore:
+    cfg = {"host": server.host, "port": server.port, "threshold": 0.9, "timeout_s": 0.5,
+           "maintenance_timeout_s": 3.0, "cooldown_s": 0.2, **overrides}  # fmt: skip
+    return CacheStore(CacheConfig(**cfg), clock=clock)
+
+
+def test_server_mode_shared_by_replicas(shared_chroma_server, clock):
+    k, v = request(), unit(1)
+    para = request(PARAPHRASE)
+    with server_store(shared_chroma_server, clock) as a, server_store(shared_chroma_server, clock) as b:
+        a.invalidate()  # the server is shared by this module's tests
+        put(a, k, v)
+        # b never wrote this partition: it finds it on the server
+        assert b.lookup(k.exact, k.partition, v, k.semantic_text).kind == "exact"
+        assert b.lookup(para.exact, para.partition, near(v, 2), para.semantic_text).kind == "semantic"
+        miss = request(NEAR_MISS)
+        assert b.lookup(miss.exact, miss.partition, near(v, 3), miss.semantic_text) is None
+        # invalidation from one replica drops what the other wrote
+        assert b.invalidate("m1") == 1
+        assert a.lookup(k.exact, k.partition, v, k.semantic_text) is None
+        assert a.stats().errors == 0
+
+
+def test_server_mode_ttl(shared_chroma_server, clock):
+    k, v = request(), unit(1)
+    with server_store(shared_chroma_server, clock) as s:
+        s.invalidate()
+        put(s, k, v, ttl_s=5)
+        clock.advance(6)
+        assert s.lookup(k.exact, k.partition, v, k.semantic_text) is None
+        assert s.purge_expired() == 1
+
+
+def test_server_mode_leaves_foreign_collections_alone(shared_chroma_server, clock):
+    import chromadb
+
+    other = chromadb.HttpClient(host=shared_chroma_server.host, port=shared_chroma_server.port)
+    other.get_or_create_collection("someone-elses", embedding_function=None)
+    with server_store(shared_chroma_server, clock) as s:
+        s.invalidate()  # whatever earlier tests left
+        put(s, request(), unit(1))
+        assert s.invalidate() == 1
+    assert [c.name for c in other.list_collections()] == ["someone-elses"]
+    other.delete_collection("someone-elses")
+
+
+def test_server_down_fails_fast_and_counts(chroma_server, clock):
+    k, v = request(), unit(1)
+    with server_store(chroma_server, clock) as s:
+        put(s, k, v)
+        chroma_server.stop()
+        start = time.monotonic()
+        assert s.lookup(k.exact, k.partition, v, k.semantic_text) is None
+        assert time.monotonic() - start < 0.5 + 0.4  # timeout_s plus scheduling slack
+        assert s.stats().errors == 1
+        start = time.monotonic()
+        assert s.lookup(k.exact, k.partition, v, k.semantic_text) is None  # breaker open: no wait
+        assert time.monotonic() - start < 0.25
+        assert not s.put(k.exact, k.partition, v, k.semantic_text, body("x"), model="m1")
+        assert s.stats().errors == 3
+
+
+def test_server_hung_times_out(chroma_server, clock):
+    """A server that accepts but never answers: the lookup gives up at timeout_s."""
+    k, v = request(), unit(1)
+    with server_store(chroma_server, clock, timeout_s=0.3) as s:
+        put(s, k, v)
+        os.kill(chroma_server.proc.pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            assert s.lookup(k.exact, k.partition, v, k.semantic_text) is None
+            elapsed = time.monotonic() - start
+        finally:
+            os.kill(chroma_server.proc.pid, signal.SIGCONT)
+        assert 0.25 < elapsed < 0.3 + 0.4  # timeout_s plus scheduling slack
+        assert s.stats().timeouts == 1 and s.stats().errors == 1
+        # once the cooldown is over and the server answers again, the cache recovers
+        deadline = time.monotonic() + 5
+        while s.lookup(k.exact, k.partition, v, k.semantic_text) is None:
+            assert time.monotonic() < deadline, "cache did not recover"
+            time.sleep(0.1)
+
+
+def test_server_unreachable_at_start(clock, tmp_path):
+    cfg = CacheConfig(host="127.0.0.1", port=9, timeout_s=0.3, maintenance_timeout_s=0.5, cooldown_s=0.1)
+    with CacheStore(cfg, clock=clock) as s:  # does not raise: the cache is optional
+        k = request()
+        assert s.lookup(k.exact, k.partition, unit(1), k.semantic_text) is None
+        assert s.stats().errors >= 1
