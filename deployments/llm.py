@@ -141,6 +141,14 @@ class LLMDeployment:
             text.append(last["text"])
         return {**last, "text": "".join(text)}
 
+    def stats(self) -> dict:
+        """Engine occupancy, for operators and tests: running/waiting sequences, KV bytes."""
+        running, waiting = self.engine.counts()
+        cache = self.engine.prefix_cache
+        return {"running": running, "waiting": waiting,
+                "kv_slot_bytes": self.engine.slots.bytes_in_use(),
+                "prefix_cache_bytes": cache.bytes_in_use if cache else 0}
+
     def check_health(self) -> None:
         if self.engine._thread is None or not self.engine._thread.is_alive():
             raise RuntimeError("the engine thread has stopped")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .schemas import ErrorDetail, ErrorResponse
+
+logger = logging.getLogger("ray.serve")
 
 
 class APIError(Exception):
@@ -33,7 +37,33 @@ def _field(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
+MAX_BODY_BYTES = 2 << 20  # requests larger than this are refused before parsing (413)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return error_response(413, f"request body over {MAX_BODY_BYTES} bytes", None,
+                                  "body_too_large")
+        if length is None and request.method in ("POST", "PUT", "PATCH"):
+            body = b""
+            async for chunk in request.stream():  # chunked upload: count as it arrives
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    return error_response(413, f"request body over {MAX_BODY_BYTES} bytes", None,
+                                          "body_too_large")
+            request._body = body  # starlette re-serves the consumed body from here
+        return await call_next(request)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Still a 5xx, but a well-formed one: the caller gets a message, the log a traceback.
+        logger.exception("unhandled error in a request")
+        return error_response(500, f"internal error: {type(exc).__name__}", None, "internal_error",
+                              "server_error")
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]

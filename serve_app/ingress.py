@@ -11,6 +11,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -110,6 +111,10 @@ class Ingress:
         if isinstance(exc, Overloaded | BackPressureError):
             return APIError(503, f"the model is at capacity ({exc}); retry shortly", None,
                             "overloaded", "server_error", headers={"Retry-After": "1"})
+        if isinstance(exc, RayActorError | ActorUnavailableError):
+            return APIError(503, "the model replica failed while serving this request; Serve is "
+                                 "restoring it: retry shortly", None, "replica_failed",
+                            "server_error", headers={"Retry-After": "2"})
         if isinstance(exc, PromptTooLong):
             return APIError(400, str(exc), param, "context_length_exceeded")
         return exc
@@ -183,7 +188,7 @@ class Ingress:
             if hit is not None:
                 return self._replay(endpoint, hit["body"], req.stream, include_usage, hit["kind"])
         params = {"max_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
-                  "seed": req.seed, "stop": req.stop_list()}
+                  "seed": req.seed, "stop": req.stop_list(), "ignore_eos": req.ignore_eos}
         rid, created = new_id("chatcmpl" if endpoint == "chat" else "cmpl"), now()
         if req.stream:
             return await self._stream(endpoint, prompt_ids, params, rid, created, include_usage,

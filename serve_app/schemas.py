@@ -46,6 +46,8 @@ class SamplingFields(Strict):
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
+    ignore_eos: bool = Field(False, description="vLLM extension: generate max_tokens tokens "
+                                                "(benchmarks, load tests)")
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported; must be 0")
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported; must be 0")
 
