@@ -41,8 +41,9 @@ def build_app(args: dict) -> Application:
     return build_graph(args)
 
 
-def build_graph(args: dict, llm_options: dict | None = None) -> Application:
-    """`llm_options` (tests, benchmarks) go to LLMDeployment.options; configs use `deployments:`."""
+def build_graph(args: dict, llm_options: dict | None = None,
+                embedder_options: dict | None = None) -> Application:
+    """`*_options` (tests, benchmarks) go to Deployment.options; configs use `deployments:`."""
     cfg = AppArgs(**args)
     llm = LLMDeployment.options(**(llm_options or {}))
     if cfg.prefix_routing:
@@ -52,6 +53,7 @@ def build_graph(args: dict, llm_options: dict | None = None) -> Application:
     llm = llm.bind(variant=cfg.llm_variant, threads=cfg.llm_threads,
                              spinning=cfg.llm_spinning, device=cfg.device,
                              engine=cfg.engine.model_dump())
-    embedder = EmbedderDeployment.bind(threads=cfg.embedder_threads, device=cfg.device)
+    embedder = EmbedderDeployment.options(**(embedder_options or {})).bind(
+        threads=cfg.embedder_threads, device=cfg.device)
     cache = CacheDeployment.bind(embedder, cfg.cache.model_dump()) if cfg.cache.enabled else None
     return Ingress.bind(llm, embedder, cache, cfg.llm_variant, cfg.api_keys)

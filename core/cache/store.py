@@ -321,6 +321,27 @@ class CacheStore:
             self._counters["puts"] += 1
         return part
 
+    def put_many(self, partition: str, entries: Sequence[tuple[str, np.ndarray, str, Mapping[str, Any]]],
+                 *, model: str, ttl_s: float | None = None, chunk: int = 5000) -> int:
+        """Bulk upsert of (exact_key, embedding, prompt, body) into one semantic partition
+        (warming a cache, benchmarks). No bound is enforced here; returns entries written."""
+        ttl = self.config.ttl_s if ttl_s is None else ttl_s
+        part = self._resolve(_collection_name(partition, True), create_for_model=model)
+        assert part is not None
+        now = self._clock()
+        for start in range(0, len(entries), chunk):
+            rows = entries[start:start + chunk]
+            part.collection.upsert(
+                ids=[key for key, _, _, _ in rows],
+                embeddings=[_vector(vec) for _, vec, _, _ in rows],
+                documents=[json.dumps(body, separators=(",", ":")) for _, _, _, body in rows],
+                metadatas=[{"prompt": prompt, "created_at": now, "expires_at": now + ttl, "model": model}
+                           for _, _, prompt, _ in rows])
+        with self._lock:
+            part.count += len(entries)
+            self._counters["puts"] += len(entries)
+        return len(entries)
+
     def _after_put(self, part: _Partition) -> None:
         if self._over_bounds(part):
             try:

@@ -1,0 +1,126 @@
+"""Response-cache benchmark over HTTP: p50/p99 for a miss, an exact hit and a semantic hit, with
+10k and 100k entries in the store (filler entries bulk-written into the same partition first).
+
+    python -m bench.response_cache      # writes bench/results/response_cache.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from core.build.artifacts import LLM_ID  # noqa: E402
+from core.cache import CacheConfig, CacheStore, guard_check, request_keys  # noqa: E402
+from core.embedder import Embedder  # noqa: E402
+from serve_app.schemas import ChatCompletionRequest  # noqa: E402
+
+from .common import machine, markdown_table, write  # noqa: E402
+
+PORT = 8767
+PAIRS = Path(__file__).parents[1] / "core" / "cache" / "data" / "semantic_pairs.jsonl"
+
+
+def body(question: str) -> dict:
+    return {"model": LLM_ID, "temperature": 0, "max_tokens": 16,
+            "messages": [{"role": "user", "content": question}]}
+
+
+def keys_for(question: str):
+    payload = ChatCompletionRequest(**body(question)).model_dump(exclude_none=True)
+    return request_keys(LLM_ID, "chat", payload, "default")  # what the ingress computes
+
+
+def paraphrase_pairs(n: int) -> list[tuple[str, str]]:
+    """Labelled paraphrases that clear the default threshold and the guard."""
+    emb = Embedder.load(threads=2)
+    rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["same"]]
+    va, vb = emb.embed([r["a"] for r in rows]), emb.embed([r["b"] for r in rows])
+    good = [(r["a"], r["b"]) for r, x, y in zip(rows, va, vb, strict=True)
+            if float(x @ y) >= CacheConfig(data_dir=Path(".")).threshold + 0.01
+            and guard_check(r["a"], r["b"])[0]]
+    return good[:n]
+
+
+def fill(data_dir: Path, n: int, partition: str) -> float:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    entries = [(f"filler-{i}", vectors[i], f"filler question number {i}",
+                {"choices": [{"message": {"content": "filler"}}]}) for i in range(n)]
+    start = time.perf_counter()
+    with CacheStore(CacheConfig(data_dir=data_dir, max_entries_per_partition=10**7)) as store:
+        store.put_many(partition, entries, model=LLM_ID)
+    return time.perf_counter() - start
+
+
+def timed(url: str, question: str) -> tuple[float, str]:
+    start = time.perf_counter()
+    r = httpx.post(f"{url}/v1/chat/completions", json=body(question), timeout=60)
+    r.raise_for_status()
+    return (time.perf_counter() - start) * 1000, r.headers["x-cache"]
+
+
+def measure(url: str, pairs: list[tuple[str, str]], repeats: int) -> dict:
+    miss = [timed(url, a) for a, _ in pairs]
+    time.sleep(1.0)  # answers are stored in the background after the response
+    exact = [timed(url, a) for _ in range(repeats) for a, _ in pairs]
+    semantic = [timed(url, b) for b, in [(b,) for _, b in pairs]]
+    out = {}
+    for name, rows, want in (("miss", miss, "miss"), ("exact hit", exact, "hit-exact"),
+                             ("semantic hit", semantic, "hit-semantic")):
+        ms = [m for m, kind in rows if kind == want]
+        out[name] = {"n": len(ms), "of": len(rows), "p50_ms": round(float(np.percentile(ms, 50)), 1)
+                     if ms else None, "p99_ms": round(float(np.percentile(ms, 99)), 1) if ms else None}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--pairs", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_graph
+
+    pairs = paraphrase_pairs(args.pairs)
+    partition = keys_for(pairs[0][0]).partition
+    assert all(keys_for(a).partition == partition for a, _ in pairs)
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    results = []
+    for size in args.sizes:
+        data_dir = Path(tempfile.mkdtemp(prefix=f"cache-bench-{size}-"))
+        fill_s = fill(data_dir, size, partition)
+        app = build_graph({"device": "cpu", "llm_variant": "q4", "engine": {"max_running": 4},
+                           "cache": {"data_dir": str(data_dir), "max_entries_per_partition": 10**7}})
+        serve.run(app, name="cache", route_prefix="/cache")
+        url = f"http://127.0.0.1:{PORT}/cache"
+        timed(url, "warm-up question about nothing in particular")
+        results.append({"entries": size, "fill_s": round(fill_s, 1), **measure(url, pairs, args.repeats)})
+        print(results[-1])
+        serve.delete("cache")
+        shutil.rmtree(data_dir, ignore_errors=True)
+    serve.shutdown()
+    rows = [[r["entries"], kind, f'{r[kind]["n"]}/{r[kind]["of"]}', r[kind]["p50_ms"], r[kind]["p99_ms"]]
+            for r in results for kind in ("miss", "exact hit", "semantic hit")]
+    table = markdown_table(["entries in store", "request", "served as", "p50 (ms)", "p99 (ms)"], rows)
+    write("response_cache", {"machine": machine(), "results": results}, table)
+
+
+if __name__ == "__main__":
+    main()
