@@ -1,0 +1,32 @@
+"""Copy each benchmark's markdown table (bench/results/<name>.md) into README.md between
+`<!-- bench:<name> -->` and `<!-- /bench:<name> -->`, so the README shows measured numbers.
+
+    python -m bench.readme
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .common import RESULTS
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def main() -> None:
+    text = README.read_text()
+    for name in sorted(set(re.findall(r"<!-- bench:([\w-]+) -->", text))):
+        table = RESULTS / f"{name}.md"
+        if not table.exists():
+            print(f"{name}: no results yet (run python -m bench.{name})")
+            continue
+        block = f"<!-- bench:{name} -->\n{table.read_text().strip()}\n<!-- /bench:{name} -->"
+        text = re.sub(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", lambda _: block, text,
+                      flags=re.DOTALL)
+        print(f"{name}: updated")
+    README.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
