@@ -21,8 +21,9 @@ def main() -> None:
         if not table.exists():
             print(f"{name}: no results yet (run python -m bench.{name})")
             continue
-        block = f"<!-- bench:{name} -->\n{table.read_text().strip()}\n<!-- /bench:{name} -->"
-        text = re.sub(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", lambda _: block, text,
+        body = re.sub(r"\]\((?!http|bench/)([\w.-]+\.png)\)", r"](bench/results/\1)", table.read_text())
+        block = f"<!-- bench:{name} -->\n{body.strip()}\n<!-- /bench:{name} -->"
+        text = re.sub(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", lambda _, b=block: b, text,
                       flags=re.DOTALL)
         print(f"{name}: updated")
     README.write_text(text)
