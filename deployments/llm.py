@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -19,6 +20,7 @@ from core.llm.engine import EngineConfig, LLMEngine, Sequence
 from core.llm.engine.engine import StepStats
 from core.llm.prefix_cache import PrefixCacheStats
 from core.llm.sampling import SamplingParams
+from core.llm.spec import SpecStats
 from core.llm.textgen import TextGenerator
 
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
@@ -34,12 +36,18 @@ class EngineArgs(BaseModel):
     max_seq_len: int = Field(4096, ge=64)
     prefix_cache_mb: int = Field(512, ge=0, description="KV kept for prefix reuse; 0 = off")
     prefix_block_size: int = Field(16, ge=1, le=256)
+    speculative: Literal["ngram", "model"] | None = Field(
+        None, description="speculative decoding: prompt lookup, or a draft model (draft_variant)")
+    draft_variant: str = Field("q4", description="built LM variant that drafts for the target")
+    spec_k_max: int = Field(8, ge=1, le=16)
+    spec_max_batch: int = Field(1, ge=1, description="speculate while at most this many decode")
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(max_running=self.max_running, max_waiting=self.max_waiting,
                             max_prefill_tokens=self.max_prefill_tokens, max_seq_len=self.max_seq_len,
                             prefix_cache_bytes=self.prefix_cache_mb << 20,
-                            prefix_block_size=self.prefix_block_size)
+                            prefix_block_size=self.prefix_block_size, speculative=self.speculative,
+                            spec_k_max=self.spec_k_max, spec_max_batch=self.spec_max_batch)
 
 
 class EngineMetrics:
@@ -64,6 +72,26 @@ class EngineMetrics:
         self.prefix_evictions = metrics.Counter("llm_prefix_cache_evictions",
                                                 description="prefix-cache blocks evicted")
         self._seen = PrefixCacheStats()
+        self.spec_drafts = metrics.Counter("llm_spec_drafts", description="verify steps with drafts")
+        self.spec_draft_tokens = metrics.Counter("llm_spec_draft_tokens", description="tokens drafted")
+        self.spec_accepted = metrics.Counter("llm_spec_accepted_tokens", description="drafts accepted")
+        self.spec_acceptance = metrics.Gauge("llm_spec_acceptance_rate", description="accepted/drafted")
+        self.spec_mean_len = metrics.Gauge("llm_spec_mean_accepted_length",
+                                           description="drafts accepted per drafting step")
+        self._spec_seen = SpecStats()
+
+    def record_spec(self, stats: SpecStats) -> None:
+        for counter, now, before in ((self.spec_drafts, stats.drafts, self._spec_seen.drafts),
+                                     (self.spec_draft_tokens, stats.draft_tokens,
+                                      self._spec_seen.draft_tokens),
+                                     (self.spec_accepted, stats.accepted_tokens,
+                                      self._spec_seen.accepted_tokens)):
+            if now > before:
+                counter.inc(now - before)
+        self.spec_acceptance.set(stats.acceptance_rate)
+        self.spec_mean_len.set(stats.mean_accepted_length)
+        self._spec_seen = SpecStats(drafts=stats.drafts, draft_tokens=stats.draft_tokens,
+                                    accepted_tokens=stats.accepted_tokens)
 
     def record_prefix(self, stats: PrefixCacheStats) -> None:
         """Counters from the cache's cumulative stats (called on the engine thread)."""
@@ -92,8 +120,12 @@ class LLMDeployment:
                  device: str = "auto", engine: dict | None = None) -> None:
         generator = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
                                        device=device)
-        self.engine = LLMEngine(generator.runner, generator.chat,
-                                EngineArgs(**(engine or {})).engine_config())
+        args = EngineArgs(**(engine or {}))
+        draft = None
+        if args.speculative == "model":  # draft and target in one replica: no hop per draft
+            draft = TextGenerator.load(variant=args.draft_variant, threads=threads, spinning=spinning,
+                                       device=device).runner
+        self.engine = LLMEngine(generator.runner, generator.chat, args.engine_config(), draft)
         self.metrics = EngineMetrics()
         self.engine.on_step = self._on_step
         self.engine.start()
@@ -102,6 +134,8 @@ class LLMDeployment:
         self.metrics.record(step)
         if self.engine.prefix_cache is not None and step.kind == "prefill":
             self.metrics.record_prefix(self.engine.prefix_cache.stats)
+        if self.engine.spec is not None and step.kind == "decode":
+            self.metrics.record_spec(self.engine.spec.stats)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _admit(self, requests: list[tuple[list[int], dict]]) -> list[tuple]:
@@ -145,7 +179,8 @@ class LLMDeployment:
         """Engine occupancy, for operators and tests: running/waiting sequences, KV bytes."""
         running, waiting = self.engine.counts()
         cache = self.engine.prefix_cache
-        return {"running": running, "waiting": waiting,
+        spec = self.engine.spec.stats.as_dict() if self.engine.spec else None
+        return {"running": running, "waiting": waiting, "speculative": spec,
                 "kv_slot_bytes": self.engine.slots.bytes_in_use(),
                 "prefix_cache_bytes": cache.bytes_in_use if cache else 0}
 

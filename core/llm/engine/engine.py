@@ -24,6 +24,7 @@ from ..prefix_cache import PrefixCache
 from ..sampling import SamplingParams, sample
 from .scheduler import Scheduler, Work
 from .sequence import Output, Sequence, Status
+from .speculation import Speculation
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class EngineConfig:
     max_seq_len: int = 4096  # KV capacity per slot (prompt + generated)
     prefix_cache_bytes: int = 512 << 20  # KV kept for reuse across requests; 0 turns it off
     prefix_block_size: int = 16
+    speculative: str | None = None  # None | "ngram" (prompt lookup) | "model" (needs a draft runner)
+    spec_k_max: int = 8
+    spec_max_batch: int = 1  # speculate only while at most this many sequences decode
 
     def __post_init__(self) -> None:
         for name in ("max_running", "max_prefill_tokens", "max_seq_len", "prefix_block_size"):
@@ -47,6 +51,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_waiting < 0 or self.prefix_cache_bytes < 0:
             raise ValueError("max_waiting and prefix_cache_bytes must be >= 0")
+        if self.speculative not in (None, "ngram", "model"):
+            raise ValueError("speculative must be None, 'ngram' or 'model'")
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,8 @@ class StepStats:
 
 
 class LLMEngine:
-    def __init__(self, runner: ModelRunner, chat: ChatTokenizer, config: EngineConfig) -> None:
+    def __init__(self, runner: ModelRunner, chat: ChatTokenizer, config: EngineConfig,
+                 draft_runner: ModelRunner | None = None) -> None:
         self.runner, self.chat, self.config = runner, chat, config
         self.max_seq_len = min(config.max_seq_len, chat.context_length)
         self.slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim,
@@ -71,6 +78,7 @@ class LLMEngine:
         self.scheduler = Scheduler(config.max_running, config.max_prefill_tokens)
         self.prefix_cache = (PrefixCache(config.prefix_cache_bytes, config.prefix_block_size)
                              if config.prefix_cache_bytes else None)
+        self.spec = Speculation(config, runner, draft_runner, self.slots) if config.speculative else None
         self.on_step: Callable[[StepStats], None] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -114,6 +122,9 @@ class LLMEngine:
         if work is None:
             return False
         start = time.perf_counter()
+        if (self.spec is not None and work.kind == "decode"
+                and len(work.seqs) <= self.config.spec_max_batch):
+            return self._speculative_step(work, start)
         logits = self._run(work)
         ttfts, itls = [], []
         with self._lock:
@@ -135,6 +146,30 @@ class LLMEngine:
             self.on_step(StepStats(work.kind, len(work.seqs), sum(work.chunks),
                                    time.perf_counter() - start, running, waiting, ttfts, itls,
                                    kv_bytes))
+        return True
+
+    def _speculative_step(self, work: Work, start: float) -> bool:
+        """Draft, verify in one target forward, emit every kept token (one seq at a time)."""
+        itls, emitted = [], 0
+        for seq in work.seqs:
+            result = self.spec.step(seq)
+            with self._lock:
+                before = seq.last_token_at
+                for token in result.tokens:
+                    if seq.finished:
+                        break
+                    self._emit(seq, token)
+                    emitted += 1
+                seq.n_cached = int(self.slots.lens[seq.slot]) if not seq.finished else seq.n_cached
+                if before is not None and seq.last_token_at is not None:
+                    itls.append((seq.last_token_at - before) / max(len(result.tokens), 1))
+        with self._lock:
+            running, waiting = self.counts()
+            kv_bytes = self.slots.bytes_in_use() + (self.prefix_cache.bytes_in_use
+                                                    if self.prefix_cache else 0)
+        if self.on_step:
+            self.on_step(StepStats("decode", len(work.seqs), emitted, time.perf_counter() - start,
+                                   running, waiting, [], itls, kv_bytes))
         return True
 
     def _reuse_prefix(self, seq: Sequence) -> None:
@@ -207,6 +242,8 @@ class LLMEngine:
         if self.prefix_cache is not None:
             self.prefix_cache.release(seq.prefix_blocks)
             seq.prefix_blocks = []
+        if self.spec is not None:
+            self.spec.forget(seq)
         self.scheduler.release(seq)
         if reason != "stop" or not seq.decoder.stopped:
             text += seq.decoder.flush()

@@ -1,0 +1,52 @@
+"""Speculative decoding inside the engine: per-sequence drafter and adaptive length, one shared
+cost model. Used for decode steps while few sequences run (with a full batch, one batched decode
+step already uses the cores, and speculation would only add work)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..kv_slots import KVSlots
+from ..model_runner import ModelRunner
+from ..spec import AdaptiveK, CostModel, ModelDrafter, PromptLookupDrafter, SpecStats, observe
+from ..spec import speculative_step as spec_step
+from .sequence import Sequence
+
+if TYPE_CHECKING:
+    from .engine import EngineConfig
+
+
+class Speculation:
+    def __init__(self, config: EngineConfig, target: ModelRunner, draft: ModelRunner | None,
+                 slots: KVSlots) -> None:
+        if config.speculative == "model" and draft is None:
+            raise ValueError("speculative='model' needs a draft model runner")
+        self.config, self.target, self.draft, self.slots = config, target, draft, slots
+        self.draft_slots = (KVSlots(draft.n_layers, draft.n_kv_heads, draft.head_dim, slots.n_slots,
+                                    slots.capacity) if config.speculative == "model" else None)
+        self.costs = CostModel()
+        self.stats = SpecStats()
+        self._state: dict[int, tuple[object, AdaptiveK]] = {}  # seq_id -> (drafter, k)
+
+    def _for(self, seq: Sequence) -> tuple[object, AdaptiveK]:
+        if seq.seq_id not in self._state:
+            if self.config.speculative == "model":
+                drafter = ModelDrafter(self.draft, self.draft_slots, seq.slot)
+                drafter.reset()  # the slot may hold another sequence's draft KV
+            else:
+                drafter = PromptLookupDrafter()
+            self._state[seq.seq_id] = (drafter, AdaptiveK(self.costs, self.config.spec_k_max,
+                                                          alpha_prior=drafter.alpha_prior))
+        return self._state[seq.seq_id]
+
+    def step(self, seq: Sequence):
+        drafter, k = self._for(seq)
+        left = seq.params.max_tokens - len(seq.output_ids)
+        result = spec_step(self.target, self.slots, seq.slot, seq.all_ids, drafter, k, seq.params,
+                           seq.rng, max_draft=max(left - 1, 0))
+        observe(self.costs, result)
+        self.stats.add(result)
+        return result
+
+    def forget(self, seq: Sequence) -> None:
+        self._state.pop(seq.seq_id, None)

@@ -1,0 +1,221 @@
+"""How many tokens to draft: chosen from the measured acceptance and the measured costs.
+
+With per-token acceptance rate a (drafts kept independently with probability a), k drafts give
+E(k) = (1 - a^(k+1)) / (1 - a) tokens per target forward (Leviathan et al. 2023, eq. 1), for a
+step costing k draft tokens plus one target forward over k+1 tokens. Plain decoding gives 1 token
+per target forward of 1 token. Costs are kept relative to that plain step (`CostModel`): the
+ratios are properties of the hardware and the model pair and survive changes of load (another
+process taking the cores slows draft and target alike), where absolute seconds do not.
+`AdaptiveK` picks the k in [0, k_max] with the most tokens per unit of time; k = 0 is plain
+decoding (speculation off).
+
+Costs are shared by every sequence of a model pair (one `CostModel`, updated from every step);
+acceptance belongs to the sequence (one `AdaptiveK` each). While off, a sequence probes with a
+speculative step now and then (exponential back-off) to learn whether its acceptance has risen,
+e.g. when the answer starts quoting its prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class CostModel:
+    """verify[k]: seconds of a target forward over k+1 tokens / seconds of one over 1 token.
+    draft_ratio: seconds per drafted token / seconds of a 1-token target forward.
+
+    From `calibrate` (a micro-benchmark) and/or learnt online from the steps: verify ratios from
+    a plain step and a verifying step close together in time, the draft ratio from each step's
+    draft and verify times (same moment, same load)."""
+
+    verify: dict[int, float] = field(default_factory=lambda: {0: 1.0})
+    draft_ratio: float | None = None
+    verify_slope_prior: float = 0.05  # extra cost per verified token before anything is measured
+    weight: float = 0.2  # of each new measurement in the running means
+    pair_window_s: float = 1.0  # a plain and a verify step this close in time are compared
+    _last_decode: tuple[float, float] | None = None  # (when, seconds)
+    _last_verify: tuple[float, int, float] | None = None  # (when, k, seconds)
+
+    def verify_ratio(self, k: int) -> float:
+        """Relative cost of verifying k drafts: measured points made non-decreasing in k (a
+        wider forward never costs less; noise says otherwise), interpolated between them."""
+        points = _non_decreasing(self.verify)
+        if k in points:
+            return points[k]
+        known = sorted(points)
+        lower = max(j for j in known if j < k)
+        higher = [j for j in known if j > k]
+        if higher:  # interpolate between measured widths
+            upper = higher[0]
+            f = (k - lower) / (upper - lower)
+            return points[lower] * (1 - f) + points[upper] * f
+        if lower >= 1:  # extrapolate with the slope of the measured part
+            slope = (points[lower] - 1.0) / lower
+            return points[lower] + (k - lower) * max(slope, 0.0)
+        return 1.0 + k * self.verify_slope_prior
+
+    @property
+    def known(self) -> bool:
+        return self.draft_ratio is not None
+
+    def step_ratio(self, k: int) -> float:
+        """Cost of a step with k drafts, in plain decode steps."""
+        if k == 0:
+            return 1.0
+        return k * (self.draft_ratio or 0.0) + self.verify_ratio(k)
+
+    def _mix(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.weight * (new - old)
+
+    def observe(self, drafted: int, draft_s: float, verify_s: float, catchup_s: float = 0.0) -> None:
+        """One step's timings. catchup_s: part of draft_s the drafter spent on a long catch-up
+        (after speculation was off), excluded from the per-token draft cost."""
+        now = time.monotonic()
+        if drafted == 0:
+            self._last_decode = (now, verify_s)
+            if self._last_verify and now - self._last_verify[0] < self.pair_window_s:
+                _, k, v = self._last_verify
+                self.verify[k] = self._mix(self.verify.get(k), max(v / verify_s, 1.0))
+            return
+        self._last_verify = (now, drafted, verify_s)
+        if self._last_decode and now - self._last_decode[0] < self.pair_window_s:
+            self.verify[drafted] = self._mix(self.verify.get(drafted),
+                                             max(verify_s / self._last_decode[1], 1.0))
+        decode_now = verify_s / self.verify_ratio(drafted)  # a plain step's cost at this moment
+        if catchup_s > 0:
+            if drafted < 2:
+                return
+            per_token = (draft_s - catchup_s) / (drafted - 1)
+        else:
+            per_token = draft_s / drafted
+        self.draft_ratio = self._mix(self.draft_ratio, per_token / decode_now)
+
+    @classmethod
+    def calibrate(cls, runner, k_max: int, drafter=None, context: int = 128, repeats: int = 3,
+                  widths: list[int] | None = None) -> CostModel:
+        """Time target forwards over 1..k_max+1 tokens (and one draft token of a model drafter)
+        after `context` tokens of KV, interleaved so load changes hit every width alike."""
+        from ..kv_slots import KVSlots
+
+        widths = widths or list(range(1, k_max + 2))
+        slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim, 1, context + max(widths) + 1)
+        ids = list(range(1000, 1000 + context + max(widths)))
+        runner.forward_slots(slots, 0, 1, np.array([ids[:context]]), np.array([context]),
+                             np.array([[context - 1]]))
+        times: dict[int, list[float]] = {w: [] for w in widths}
+        draft_times: list[float] = []
+        draft_runner = getattr(drafter, "runner", None)
+        if draft_runner is not None:
+            dslots = KVSlots(draft_runner.n_layers, draft_runner.n_kv_heads, draft_runner.head_dim, 1,
+                             context + 2)
+            draft_runner.forward_slots(dslots, 0, 1, np.array([ids[:context]]), np.array([context]),
+                                       np.array([[context - 1]]))
+        for rep in range(repeats + 1):
+            for w in widths:
+                slots.lens[0] = context
+                start = time.perf_counter()
+                runner.forward_slots(slots, 0, 1, np.array([ids[context:context + w]]), np.array([w]),
+                                     np.arange(w)[None])
+                if rep:  # the first round warms up
+                    times[w].append(time.perf_counter() - start)
+            if draft_runner is not None:
+                dslots.lens[0] = context
+                start = time.perf_counter()
+                draft_runner.forward_slots(dslots, 0, 1, np.array([[5]]), np.array([1]), np.array([[0]]))
+                if rep:
+                    draft_times.append(time.perf_counter() - start)
+        one = float(np.median(times[1])) if 1 in times else None
+        model = cls()
+        if one:
+            model.verify = {w - 1: max(float(np.median(t)) / one, 1.0) for w, t in times.items()}
+            if draft_times:
+                model.draft_ratio = float(np.median(draft_times)) / one
+        return model
+
+
+def _non_decreasing(points: dict[int, float]) -> dict[int, float]:
+    """Least-squares non-decreasing fit (pool adjacent violators) of points k -> value."""
+    keys = sorted(points)
+    blocks: list[list[float]] = []  # [sum, count]
+    for k in keys:
+        blocks.append([points[k], 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, n = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += n
+    values = [b[0] / b[1] for b in blocks for _ in range(int(b[1]))]
+    return dict(zip(keys, values, strict=True))
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens per target forward with k drafts at per-token acceptance alpha (bonus included)."""
+    if alpha >= 1.0:
+        return k + 1.0
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+class AdaptiveK:
+    """Per-sequence speculation length. `next_k()` before drafting, `update(drafted, kept)` after.
+
+    Acceptance can be kept per draft class: a drafter that knows how good a draft is before it is
+    verified (prompt lookup: the length of the n-gram it matched) sets `last_class`; the step then
+    drafts up to k_max and keeps `next_k(that class)` tokens. Measured here on this model's
+    outputs: a 1-gram match is accepted ~35 % of the time per token, a 4-gram match ~85 %.
+    """
+
+    def __init__(self, costs: CostModel, k_max: int = 8, k_init: int = 4,
+                 alpha_prior: float | dict = 0.7, prior_weight: float = 4.0, decay: float = 0.8,
+                 probe_every: int = 8, max_probe_every: int = 64) -> None:
+        self.costs, self.k_max, self.k_init = costs, k_max, min(k_init, k_max)
+        self.alpha_prior, self.prior_weight, self.decay = alpha_prior, prior_weight, decay
+        self.min_probe_every, self.max_probe_every = probe_every, max_probe_every
+        # per class: decayed counts of kept drafts and of trials (kept + first rejections)
+        self._counts: dict[object, list[float]] = {}
+        self._probe: dict[object, list[int]] = {}  # per class: [steps off since last probe, interval]
+
+    def _prior(self, c: object) -> float:
+        if isinstance(self.alpha_prior, dict):
+            return self.alpha_prior.get(c, self.alpha_prior.get(None, 0.5))
+        return self.alpha_prior
+
+    def _count(self, c: object) -> list[float]:
+        if c not in self._counts:
+            self._counts[c] = [self._prior(c) * self.prior_weight, self.prior_weight]
+        return self._counts[c]
+
+    def alpha(self, c: object = None) -> float:
+        kept, trials = self._count(c)
+        return kept / trials
+
+    def speedup(self, k: int, c: object = None) -> float:
+        """Expected tokens per unit time with k drafts, relative to plain decoding."""
+        return expected_tokens(self.alpha(c), k) / self.costs.step_ratio(k)
+
+    def best_k(self, c: object = None) -> int:
+        if not self.costs.known:
+            return self.k_init  # the first speculative step measures the draft cost
+        return max(range(self.k_max + 1), key=lambda k: self.speedup(k, c))
+
+    def next_k(self, c: object = None) -> int:
+        k = self.best_k(c)
+        probe = self._probe.setdefault(c, [0, self.min_probe_every])
+        if k > 0:
+            probe[:] = [0, self.min_probe_every]
+            return k
+        probe[0] += 1
+        if probe[0] >= probe[1]:  # off: re-measure acceptance now and then, backing off
+            probe[:] = [0, min(2 * probe[1], self.max_probe_every)]
+            return max(1, self.k_init)
+        return 0
+
+    def update(self, drafted: int, kept: int, c: object = None) -> None:
+        """After a step that verified `drafted` drafts and kept the first `kept` of them."""
+        if drafted == 0:
+            return
+        count = self._count(c)
+        count[0] = self.decay * count[0] + kept
+        count[1] = self.decay * count[1] + kept + (1 if kept < drafted else 0)
