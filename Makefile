@@ -42,5 +42,16 @@ test: install-test models
 lint: install-test
 	$(BIN)/ruff check .
 
+# Every benchmark, one after the other (each writes bench/results/<name>.{json,md}), then the
+# README's tables. Minutes each on 2 cores; run on a quiet machine.
 bench: install-test models
 	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.quantization
+	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.prefix_cache
+	$(BIN)/python -m bench.response_cache
+	$(BIN)/python -m bench.cache_eval
+	$(BIN)/python -m bench.speculative
+	$(BIN)/python -m bench.speculative_c16
+	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.readme
