@@ -9,7 +9,7 @@ export RAY_AUTH_MODE := disabled
 export ORT_DISABLE_TELEMETRY := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: serve test install install-test models lint bench
+.PHONY: serve test install install-test models lint bench optimize
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ serve: models
 test: install-test models
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Measure every quantized variant here, pick one for the budget, write configs/optimized.yaml.
+optimize: install-test models
+	$(BIN)/python -m core.optimize --target-latency-ms 30 --max-ppl-increase 2%
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -1,0 +1,108 @@
+"""Small, exact rewrites of the built LM graph that the quantizers need before they run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import helper, numpy_helper
+
+
+def untie_head(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give the LM head its own transposed weight and a MatMul (in place; returns the model).
+
+    The fp32 build computes the tied head as Gemm(h, table, transB=1) over the embedding table the
+    Gather also reads. Every ORT quantizer skips that Gemm (weight-only ones take MatMul only, and
+    a shared initializer cannot be rewritten for one consumer), which would leave the largest
+    matrix of a 135M model (49152x576, a fifth of the weights) in fp32 and cap the decode speed-up.
+    A separate [hidden, vocab] copy makes the head an ordinary MatMul that each technique quantizes;
+    the values are identical, so the fp32 logits do not change.
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    for i, node in enumerate(graph.node):
+        if node.op_type != "Gemm" or node.input[1] not in inits:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transB") != 1 or attrs.get("transA", 0) or len(node.input) > 2:
+            continue
+        table = numpy_helper.to_array(inits[node.input[1]])
+        head = numpy_helper.from_array(table.T.copy(), "lm_head.wT")
+        graph.initializer.append(head)
+        graph.node.remove(node)
+        graph.node.insert(i, helper.make_node("MatMul", [node.input[0], head.name], list(node.output),
+                                              name="lm_head"))
+        return model
+    return model
+
+
+def set_accuracy_level(model: onnx.ModelProto, level: int, bits: int | None = None) -> onnx.ModelProto:
+    """Set MatMulNBits' accuracy_level (0: fp32 activations, 4: int8 activations) in place, on every
+    such node or only on those of `bits` bits."""
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "MatMulNBits" or (bits is not None and attrs.get("bits", 4) != bits):
+            continue
+        for attr in list(node.attribute):
+            if attr.name == "accuracy_level":
+                node.attribute.remove(attr)
+        if level:
+            node.attribute.append(helper.make_attribute("accuracy_level", level))
+    return model
+
+
+def save(model: onnx.ModelProto, path: Path) -> int:
+    """Write atomically (a concurrent reader never sees half a model); returns the file's bytes."""
+    tmp = path.with_suffix(".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return path.stat().st_size
+
+
+def head_from_table(model: onnx.ModelProto, node_name: str = "lm_head", table: str = "token_embd"
+                    ) -> onnx.ModelProto:
+    """Replace the quantized head `node_name` by MatMul(h, Transpose(table)) over the fp32 embedding
+    table the Gather already holds (in place), as the fp32 graph computes it.
+
+    The q4 build stores the tied head twice: fp32 for the lookup and Q8_0 for MatMulNBits. Reading
+    the fp32 copy instead adds no file bytes (ORT folds the constant Transpose once, at load) and
+    makes the head exact, which the 8-bit MatMulNBits cannot be with fp32 activations at speed.
+    """
+    graph = model.graph
+    for i, node in enumerate(graph.node):
+        if node.name == node_name and node.op_type == "MatMulNBits":
+            transpose = helper.make_node("Transpose", [table], [f"{table}.T"], name=f"{node_name}.T",
+                                         perm=[1, 0])
+            matmul = helper.make_node("MatMul", [node.input[0], f"{table}.T"], list(node.output),
+                                      name=node_name)
+            graph.node.remove(node)
+            graph.node.insert(i, matmul)
+            graph.node.insert(i, transpose)
+            break
+    else:
+        raise ValueError(f"no MatMulNBits node named {node_name!r}")
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model
+
+
+def annotate_float_inputs(model: onnx.ModelProto, op_types: tuple[str, ...]) -> onnx.ModelProto:
+    """Declare the activation inputs of `op_types` nodes as float tensors (in place).
+
+    ORT's static quantizer only inserts activation QDQ pairs for tensors whose type shape inference
+    found, and ONNX shape inference stops at the first contrib op (GroupQueryAttention, ...). Without
+    this, "static int8" silently quantizes the weights only and runs fp32 matmuls behind
+    DequantizeLinear (measured: slower than fp32, perplexity unchanged).
+    """
+    inits = {t.name for t in model.graph.initializer}
+    known = {v.name for v in model.graph.value_info} | {v.name for v in model.graph.input}
+    for node in model.graph.node:
+        if node.op_type in op_types:
+            for name in node.input:
+                if name and name not in inits and name not in known:
+                    model.graph.value_info.append(
+                        helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                    known.add(name)
+    return model

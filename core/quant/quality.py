@@ -1,0 +1,194 @@
+"""Quality of a variant against the fp32 reference, on data the project ships (core/quant/data).
+
+LM metrics (the fp32 outputs are computed once, in an LMReference):
+  ppl_ratio      perplexity of heldout.txt (chunks of 256 tokens) over fp32's
+  kl             teacher-forced KL(fp32 || variant) per token, mean, in nats
+  top1           teacher-forced agreement of the argmax next token with fp32's
+  greedy         64 greedy tokens per prompt of prompts.jsonl: mean fraction of the 64 that match
+                 fp32's before the first divergence (an aggregate like perplexity hides such flips)
+  task_acc       share of questions.jsonl (questions fp32 answers right) the variant answers right
+Embedder metrics: cosine of each sentence's vector to fp32's, and whether each sentence's nearest
+neighbour in sentences.txt stays the same.
+
+`python -m core.quant.quality --select-questions` rebuilds questions.jsonl from the candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..llm.chat_tokenizer import ChatTokenizer
+from ..llm.model_runner import ModelRunner
+from .calibration import token_chunks
+
+DATA = Path(__file__).parent / "data"
+GREEDY_TOKENS = 64
+
+
+def load_jsonl(name: str) -> list[dict]:
+    return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def teacher_forced(runner: ModelRunner, chunk: list[int]) -> np.ndarray:
+    """Log-probabilities [n-1, V] of the next token at every position but the last."""
+    n = len(chunk)
+    logits, _ = runner.forward(np.array([chunk]), [n], runner.empty_kv(), np.arange(n - 1)[None])
+    return log_softmax(logits[0].astype(np.float64)).astype(np.float32)
+
+
+def greedy_batch(runner: ModelRunner, prompts: list[list[int]], n_tokens: int,
+                 stop_ids: set[int] = frozenset()) -> list[list[int]]:
+    """Greedy continuations of all prompts at once, as right-padded rows; cut at a stop token."""
+    lens = np.array([len(p) for p in prompts])
+    ids = np.zeros((len(prompts), lens.max()), np.int64)
+    for row, p in enumerate(prompts):
+        ids[row, :len(p)] = p
+    logits, kv = runner.forward(ids, lens, runner.empty_kv(len(prompts)), (lens - 1)[:, None])
+    tokens = logits[:, 0].argmax(-1)
+    out = [[int(t)] for t in tokens]
+    for _ in range(n_tokens - 1):
+        logits, kv = runner.forward(tokens[:, None], np.ones(len(prompts)), kv,
+                                    np.zeros((len(prompts), 1)))
+        tokens = logits[:, 0].argmax(-1)
+        for row, t in enumerate(tokens):
+            out[row].append(int(t))
+    return [_cut(seq, stop_ids) for seq in out]
+
+
+def _cut(seq: list[int], stop_ids: set[int]) -> list[int]:
+    for i, t in enumerate(seq):
+        if t in stop_ids:
+            return seq[:i]
+    return seq
+
+
+def prefix_agreement(ref: list[int], seq: list[int], n: int = GREEDY_TOKENS) -> float:
+    """Fraction of the first n tokens that match before the first divergence."""
+    same = 0
+    for a, b in zip(ref[:n], seq[:n], strict=False):
+        if a != b:
+            break
+        same += 1
+    return same / n
+
+
+def is_correct(text: str, answers: list[str]) -> bool:
+    """An answer counts when one of the accepted answers appears as whole words in the first line."""
+    first = text.strip().split("\n")[0].lower()
+    return any(re.search(rf"(?<![\w]){re.escape(a.lower())}(?![\w])", first) for a in answers)
+
+
+def answer_all(runner: ModelRunner, chat: ChatTokenizer, questions: list[dict],
+               max_tokens: int = 12, batch: int = 32) -> list[str]:
+    prompts = [chat.encode(chat.chat_prompt([{"role": "user", "content": q["question"]}]))
+               for q in questions]
+    texts = []
+    for start in range(0, len(prompts), batch):
+        for seq in greedy_batch(runner, prompts[start:start + batch], max_tokens, chat.stop_ids):
+            texts.append(chat.decode(seq))
+    return texts
+
+
+@dataclass
+class LMReference:
+    """The fp32 model's outputs on the shipped data, computed once and compared against."""
+
+    chunks: list[list[int]]
+    logprobs: list[np.ndarray]
+    nll: float
+    prompts: list[list[int]]
+    greedy: list[list[int]]
+    questions: list[dict]
+
+    @classmethod
+    def compute(cls, runner: ModelRunner, chat: ChatTokenizer, chunk_len: int = 256,
+                max_chunks: int | None = None, max_questions: int | None = None) -> LMReference:
+        chunks = token_chunks(chat.encode((DATA / "heldout.txt").read_text()), chunk_len, max_chunks)
+        logprobs = [teacher_forced(runner, c) for c in chunks]
+        prompts = [chat.encode(chat.chat_prompt(p["messages"])) for p in load_jsonl("prompts.jsonl")]
+        return cls(chunks, logprobs, _nll(chunks, logprobs), prompts,
+                   greedy_batch(runner, prompts, GREEDY_TOKENS),
+                   load_jsonl("questions.jsonl")[:max_questions])
+
+    def compare(self, runner: ModelRunner, chat: ChatTokenizer) -> dict:
+        kl_sum, top1, count, variant_lp = 0.0, 0, 0, []
+        for ref_lp, chunk in zip(self.logprobs, self.chunks, strict=True):
+            lp = teacher_forced(runner, chunk)
+            variant_lp.append(lp)
+            kl_sum += float((np.exp(ref_lp) * (ref_lp - lp)).sum())
+            top1 += int((ref_lp.argmax(-1) == lp.argmax(-1)).sum())
+            count += len(lp)
+        nll = _nll(self.chunks, variant_lp)
+        greedy = greedy_batch(runner, self.prompts, GREEDY_TOKENS)
+        answers = answer_all(runner, chat, self.questions)
+        correct = [is_correct(a, q["answers"]) for a, q in zip(answers, self.questions, strict=True)]
+        return {
+            "ppl": round(float(np.exp(nll)), 3), "ppl_ratio": round(float(np.exp(nll - self.nll)), 4),
+            "kl": round(kl_sum / count, 5), "top1_agreement": round(top1 / count, 4),
+            "greedy_agreement": round(float(np.mean([prefix_agreement(r, s) for r, s in
+                                                     zip(self.greedy, greedy, strict=True)])), 3),
+            "greedy_identical": f"{sum(r == s for r, s in zip(self.greedy, greedy, strict=True))}"
+                                f"/{len(greedy)}",
+            "task_accuracy": round(sum(correct) / len(correct), 3),
+            "task_wrong": [q["question"] for q, ok in zip(self.questions, correct, strict=True) if not ok],
+        }
+
+
+def _nll(chunks: list[list[int]], logprobs: list[np.ndarray]) -> float:
+    pairs = zip(chunks, logprobs, strict=True)
+    total = sum(-float(lp[np.arange(len(c) - 1), c[1:]].sum()) for c, lp in pairs)
+    return total / sum(len(c) - 1 for c in chunks)
+
+
+def embedder_quality(ref: np.ndarray, vecs: np.ndarray) -> dict:
+    """Unit vectors [N, d] of the same sentences: cosine to fp32, nearest-neighbour stability."""
+    cos = (ref * vecs).sum(-1)
+
+    def neighbours(v: np.ndarray, k: int) -> np.ndarray:
+        sim = v @ v.T
+        np.fill_diagonal(sim, -np.inf)
+        return np.argsort(-sim, axis=1)[:, :k]
+
+    nn_ref, nn = neighbours(ref, 5), neighbours(vecs, 5)
+    overlap = [len(set(a) & set(b)) / 5 for a, b in zip(nn_ref, nn, strict=True)]
+    return {"cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5),
+            "nn1_same": round(float((nn_ref[:, 0] == nn[:, 0]).mean()), 3),
+            "top5_overlap": round(float(np.mean(overlap)), 3)}
+
+
+def load_sentences() -> list[str]:
+    return [s for s in (DATA / "sentences.txt").read_text().splitlines() if s.strip()]
+
+
+def select_questions(model_dir: Path, threads: int = 2) -> tuple[int, int]:
+    """Keep the candidates that the fp32 reference answers right (the task set's definition)."""
+    chat = ChatTokenizer(model_dir)
+    cfg = chat.config
+    runner = ModelRunner(str(Path(model_dir) / "fp32.onnx"), cfg["n_layers"], cfg["n_kv_heads"],
+                         cfg["hidden"] // cfg["n_heads"], threads)
+    candidates = load_jsonl("questions_candidates.jsonl")
+    answers = answer_all(runner, chat, candidates)
+    kept = [q for q, a in zip(candidates, answers, strict=True) if is_correct(a, q["answers"])]
+    (DATA / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in kept))
+    return len(kept), len(candidates)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from ..build.artifacts import build_llm
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--select-questions", action="store_true", required=True)
+    kept, total = select_questions(build_llm())
+    print(f"questions.jsonl: {kept} of {total} candidates answered right by fp32")
