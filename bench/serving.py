@@ -35,7 +35,7 @@ PLAN = {1: 8, 4: 16, 16: 32}  # concurrency -> requests
 
 
 def app_args(max_running: int) -> dict:
-    return {"device": "cpu", "llm_variant": "q4", "llm_spinning": True,
+    return {"device": "cpu", "llm_variant": "q4", "llm_spinning": False,
             "engine": {"max_running": max_running, "max_waiting": 64},
             "cache": {"enabled": False}}  # the response cache would turn repeats into hits
 

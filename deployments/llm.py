@@ -116,7 +116,7 @@ class EngineMetrics:
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class LLMDeployment:
-    def __init__(self, variant: str = "q4", threads: int | None = None, spinning: bool = True,
+    def __init__(self, variant: str = "q4", threads: int | None = None, spinning: bool = False,
                  device: str = "auto", engine: dict | None = None) -> None:
         generator = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
                                        device=device)
@@ -160,6 +160,11 @@ class LLMDeployment:
         try:
             while True:
                 out = await queue.get()
+                # Coalesce what queued up meanwhile: under load one message carries several
+                # tokens, so the Serve streaming path does not cost a hop per token.
+                while not queue.empty() and not out.finish_reason:
+                    more = queue.get_nowait()
+                    out = dataclasses.replace(more, text=out.text + more.text)
                 if out.finish_reason == "error":
                     raise RuntimeError(f"generation failed: {out.text}")
                 yield dataclasses.asdict(out)
