@@ -30,7 +30,7 @@ POLICY = ("You are the support assistant of Northwind Outfitters, a company that
           "mention the 30-day return policy when a customer asks about returns. ")
 
 
-def system_prompt(tag: str, repeats: int = 11) -> str:
+def system_prompt(tag: str, repeats: int = 15) -> str:
     return f"[{tag}] " + POLICY * repeats  # ~1k tokens
 
 

@@ -295,8 +295,9 @@ class Ingress:
         data = [{"object": "embedding", "index": i, "embedding": self._encode_vector(v, req)}
                 for i, v in enumerate(vectors)]
         tokens = int(sum(counts))
-        return {"object": "list", "data": data, "model": EMBEDDER_ID,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        # JSONResponse directly: FastAPI's encoder walks every float of every vector otherwise.
+        return JSONResponse({"object": "list", "data": data, "model": EMBEDDER_ID,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     @staticmethod
     def _encode_vector(v: np.ndarray, req: EmbeddingRequest) -> list[float] | str:
