@@ -75,9 +75,10 @@ class CacheDeployment:
         Exact first (no embedding needed); the prompt is embedded only for the semantic try,
         and the embedding comes back so the caller can store its answer under it."""
         start = time.perf_counter()
-        hit = await self.store.alookup(keys.exact, keys.partition, None, None)
+        semantic = bool(keys.semantic_text)  # then the entry lives in the semantic collection
+        hit = await self.store.alookup(keys.exact, keys.partition, None, None, semantic=semantic)
         embedding = None
-        if hit is None and keys.semantic_text:
+        if hit is None and semantic:
             vectors, _ = await self.embedder.embed.remote([keys.semantic_text])
             embedding = vectors[0]
             hit = await self.store.alookup(keys.exact, keys.partition, embedding, keys.semantic_text)

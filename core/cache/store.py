@@ -126,13 +126,15 @@ class CacheStore:
         embedding: Sequence[float] | np.ndarray | None,
         prompt_text: str | None,
         threshold: float | None = None,
+        semantic: bool = False,
     ) -> CacheHit | None:
         """Exact hit by id, else the nearest neighbour over ``threshold`` that passes the guard.
 
-        ``embedding`` None means exact-only (the entry was put without one).
+        ``embedding`` None means exact-only: in the exact-only collection (entries put without
+        an embedding), or with semantic=True by id in the semantic one.
         Returns None on a miss and on any store failure (counted in errors).
         """
-        fn = self._lookup_fn(exact_key, partition, embedding, prompt_text, threshold)
+        fn = self._lookup_fn(exact_key, partition, embedding, prompt_text, threshold, semantic)
         try:
             hit, rejects = self._runner.call(fn, self.config.timeout_s)
         except StoreError as exc:
@@ -147,9 +149,13 @@ class CacheStore:
         embedding: Sequence[float] | np.ndarray | None,
         prompt_text: str | None,
         threshold: float | None = None,
+        semantic: bool = False,
     ) -> CacheHit | None:
-        """lookup() for event loops: never blocks the loop."""
-        fn = self._lookup_fn(exact_key, partition, embedding, prompt_text, threshold)
+        """lookup() for event loops: never blocks the loop.
+
+        semantic=True with no embedding: an exact lookup in the partition's semantic collection
+        (where entries put with an embedding live), so an exact hit needs no embedding."""
+        fn = self._lookup_fn(exact_key, partition, embedding, prompt_text, threshold, semantic)
         try:
             hit, rejects = await self._runner.acall(fn, self.config.timeout_s)
         except StoreError as exc:
@@ -164,8 +170,9 @@ class CacheStore:
         embedding: Sequence[float] | np.ndarray | None,
         prompt_text: str | None,
         threshold: float | None,
+        semantic: bool = False,
     ) -> Callable[[], tuple[CacheHit | None, int]]:
-        name = _collection_name(partition, embedding is not None)
+        name = _collection_name(partition, embedding is not None or semantic)
         vector = None if embedding is None else _vector(embedding)
         limit = self.config.threshold if threshold is None else threshold
         return lambda: self._lookup(exact_key, name, vector, prompt_text, limit)

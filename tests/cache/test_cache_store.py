@@ -395,3 +395,17 @@ def test_server_unreachable_at_start(clock, tmp_path):
         k = request()
         assert s.lookup(k.exact, k.partition, unit(1), k.semantic_text) is None
         assert s.stats().errors >= 1
+
+
+def test_exact_hit_in_the_semantic_collection_needs_no_embedding(tmp_path):
+    """An entry put with an embedding is found by its exact key alone (semantic=True)."""
+    import numpy as np
+
+    from core.cache import CacheConfig, CacheStore
+
+    with CacheStore(CacheConfig(data_dir=tmp_path / "db")) as store:
+        vec = np.ones(384, np.float32) / np.sqrt(384)
+        store.put("key-1", "p-part-0123456789abcdef", vec, "what is up", {"a": 1}, model="m")
+        assert store.lookup("key-1", "p-part-0123456789abcdef", None, None) is None
+        hit = store.lookup("key-1", "p-part-0123456789abcdef", None, None, semantic=True)
+        assert hit is not None and hit.kind == "exact" and hit.body == {"a": 1}
