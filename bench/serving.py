@@ -101,7 +101,7 @@ async def main_async(args: argparse.Namespace) -> None:
     texts = [f"{q} (variant {i})" for i in range(4) for q in QUESTIONS]
     for label, batch in (("embeddings batched (32)", 32), ("embeddings unbatched", 1)):
         url = run_app("emb", app_args(16), {"user_config": {"max_batch_size": batch,
-                                                            "batch_wait_timeout_s": 0.005}})
+                                                            "batch_wait_timeout_s": 0.002}})
         results.append(await run_embedding_load(url, EMBED, texts, 32, 512, label=label))
         serve.delete("emb")
     serve.shutdown()

@@ -16,7 +16,7 @@ class EmbedderBatching(BaseModel):
     """user_config of the deployment: change it with `serve deploy`, no restart."""
 
     max_batch_size: int = Field(32, ge=1, le=512)
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)
+    batch_wait_timeout_s: float = Field(0.002, ge=0.0, le=1.0)
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5},
@@ -31,7 +31,7 @@ class EmbedderDeployment:
         self._embed_batch.set_max_batch_size(cfg.max_batch_size)
         self._embed_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _embed_batch(self, requests: list[list[str]]) -> list[tuple[np.ndarray, list[int]]]:
         texts = [t for request in requests for t in request]
         loop = asyncio.get_running_loop()
