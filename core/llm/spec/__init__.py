@@ -5,7 +5,7 @@
 
 from .acceptance import accept_greedy, accept_sampled, draw, target_probs
 from .adaptive import AdaptiveK, CostModel, expected_tokens
-from .model_drafter import ModelDrafter
+from .model_drafter import ModelDrafter, propose_batch
 from .prompt_lookup import PromptLookupDrafter
 from .step import (
     Drafter,
@@ -21,5 +21,5 @@ from .step import (
 
 __all__ = ["AdaptiveK", "CostModel", "Drafter", "ModelDrafter", "PromptLookupDrafter", "SpecStats",
            "StepResult", "VerifyRow", "accept", "accept_greedy", "accept_sampled", "draw",
-           "expected_tokens", "observe", "speculative_generate", "speculative_step", "target_probs",
-           "verify_batch"]
+           "expected_tokens", "observe", "propose_batch", "speculative_generate", "speculative_step",
+           "target_probs", "verify_batch"]

@@ -18,6 +18,7 @@ e.g. when the answer starts quoting its prompt.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,24 +27,45 @@ import numpy as np
 @dataclass
 class CostModel:
     """verify[k]: seconds of a target forward over k+1 tokens / seconds of one over 1 token.
-    draft_ratio: seconds per drafted token / seconds of a 1-token target forward.
+    draft_ratio: seconds per drafted token / seconds of a 1-token target forward (draft_ratios:
+    per draft class, where a drafter's classes differ).
 
-    From `calibrate` (a micro-benchmark) and/or learnt online from the steps: verify ratios from
-    a plain step and a verifying step close together in time, the draft ratio from each step's
-    draft and verify times (same moment, same load)."""
+    These are priors (from `calibrate`, a micro-benchmark, or given); the model also learns
+    online from the steps: verify ratios from a plain step and a verifying step close together in
+    time, the draft ratio from each step's draft and verify times (same moment, same load). Each
+    estimate is the median of the prior (counted `prior_weight` times) and the last `window`
+    observations: one forward slowed 5x by another process must not switch speculation off."""
 
     verify: dict[int, float] = field(default_factory=lambda: {0: 1.0})
     draft_ratio: float | None = None
+    draft_ratios: dict = field(default_factory=dict)
     verify_slope_prior: float = 0.05  # extra cost per verified token before anything is measured
-    weight: float = 0.2  # of each new measurement in the running means
+    window: int = 32
+    prior_weight: int = 4
     pair_window_s: float = 1.0  # a plain and a verify step this close in time are compared
+    _verify_obs: dict = field(default_factory=dict)  # k -> deque of observed ratios
+    _draft_obs: dict = field(default_factory=dict)  # class -> deque of observed ratios
+    _points: dict | None = None  # cache of the non-decreasing verify points
     _last_decode: tuple[float, float] | None = None  # (when, seconds)
     _last_verify: tuple[float, int, float] | None = None  # (when, k, seconds)
+
+    def _estimate(self, prior: float | None, obs) -> float | None:
+        if not obs:
+            return prior
+        values = list(obs) + ([prior] * self.prior_weight if prior is not None else [])
+        return float(np.median(values))
+
+    def _verify_points(self) -> dict[int, float]:
+        if self._points is None:
+            keys = set(self.verify) | set(self._verify_obs)
+            self._points = _non_decreasing({k: self._estimate(self.verify.get(k), self._verify_obs.get(k))
+                                            for k in keys})
+        return self._points
 
     def verify_ratio(self, k: int) -> float:
         """Relative cost of verifying k drafts: measured points made non-decreasing in k (a
         wider forward never costs less; noise says otherwise), interpolated between them."""
-        points = _non_decreasing(self.verify)
+        points = self._verify_points()
         if k in points:
             return points[k]
         known = sorted(points)
@@ -58,33 +80,44 @@ class CostModel:
             return points[lower] + (k - lower) * max(slope, 0.0)
         return 1.0 + k * self.verify_slope_prior
 
+    def draft_ratio_for(self, c: object = None) -> float | None:
+        prior = self.draft_ratios.get(c, self.draft_ratio)
+        return self._estimate(prior, self._draft_obs.get(c))
+
     @property
     def known(self) -> bool:
-        return self.draft_ratio is not None
+        return self.draft_ratio is not None or bool(self.draft_ratios) or bool(self._draft_obs)
 
-    def step_ratio(self, k: int) -> float:
-        """Cost of a step with k drafts, in plain decode steps."""
+    def known_for(self, c: object = None) -> bool:
+        return self.draft_ratio_for(c) is not None
+
+    def step_ratio(self, k: int, c: object = None) -> float:
+        """Cost of a step with k drafts (of class c), in plain decode steps."""
         if k == 0:
             return 1.0
-        return k * (self.draft_ratio or 0.0) + self.verify_ratio(k)
+        return k * (self.draft_ratio_for(c) or 0.0) + self.verify_ratio(k)
 
-    def _mix(self, old: float | None, new: float) -> float:
-        return new if old is None else old + self.weight * (new - old)
+    def _add(self, table: dict, key: object, value: float) -> None:
+        if key not in table:
+            table[key] = deque(maxlen=self.window)
+        table[key].append(value)
 
-    def observe(self, drafted: int, draft_s: float, verify_s: float, catchup_s: float = 0.0) -> None:
+    def observe(self, drafted: int, draft_s: float, verify_s: float, catchup_s: float = 0.0,
+                c: object = None) -> None:
         """One step's timings. catchup_s: part of draft_s the drafter spent on a long catch-up
-        (after speculation was off), excluded from the per-token draft cost."""
+        (after speculation was off), excluded from the per-token draft cost. c: the draft class."""
         now = time.monotonic()
         if drafted == 0:
             self._last_decode = (now, verify_s)
             if self._last_verify and now - self._last_verify[0] < self.pair_window_s:
                 _, k, v = self._last_verify
-                self.verify[k] = self._mix(self.verify.get(k), max(v / verify_s, 1.0))
+                self._add(self._verify_obs, k, max(v / verify_s, 1.0))
+                self._points = None
             return
         self._last_verify = (now, drafted, verify_s)
         if self._last_decode and now - self._last_decode[0] < self.pair_window_s:
-            self.verify[drafted] = self._mix(self.verify.get(drafted),
-                                             max(verify_s / self._last_decode[1], 1.0))
+            self._add(self._verify_obs, drafted, max(verify_s / self._last_decode[1], 1.0))
+            self._points = None
         decode_now = verify_s / self.verify_ratio(drafted)  # a plain step's cost at this moment
         if catchup_s > 0:
             if drafted < 2:
@@ -92,10 +125,10 @@ class CostModel:
             per_token = (draft_s - catchup_s) / (drafted - 1)
         else:
             per_token = draft_s / drafted
-        self.draft_ratio = self._mix(self.draft_ratio, per_token / decode_now)
+        self._add(self._draft_obs, c, per_token / decode_now)
 
     @classmethod
-    def calibrate(cls, runner, k_max: int, drafter=None, context: int = 128, repeats: int = 3,
+    def calibrate(cls, runner, k_max: int, drafter=None, context: int = 128, repeats: int = 5,
                   widths: list[int] | None = None) -> CostModel:
         """Time target forwards over 1..k_max+1 tokens (and one draft token of a model drafter)
         after `context` tokens of KV, interleaved so load changes hit every width alike."""
@@ -164,7 +197,7 @@ class AdaptiveK:
     Acceptance can be kept per draft class: a drafter that knows how good a draft is before it is
     verified (prompt lookup: the length of the n-gram it matched) sets `last_class`; the step then
     drafts up to k_max and keeps `next_k(that class)` tokens. Measured here on this model's
-    outputs: a 1-gram match is accepted ~35 % of the time per token, a 4-gram match ~85 %.
+    outputs: after a 1-gram match ~30 % of draft tokens are accepted, after a 4-gram match ~80 %.
     """
 
     def __init__(self, costs: CostModel, k_max: int = 8, k_init: int = 4,
@@ -193,10 +226,10 @@ class AdaptiveK:
 
     def speedup(self, k: int, c: object = None) -> float:
         """Expected tokens per unit time with k drafts, relative to plain decoding."""
-        return expected_tokens(self.alpha(c), k) / self.costs.step_ratio(k)
+        return expected_tokens(self.alpha(c), k) / self.costs.step_ratio(k, c)
 
     def best_k(self, c: object = None) -> int:
-        if not self.costs.known:
+        if not self.costs.known_for(c):
             return self.k_init  # the first speculative step measures the draft cost
         return max(range(self.k_max + 1), key=lambda k: self.speedup(k, c))
 

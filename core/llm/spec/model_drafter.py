@@ -88,3 +88,54 @@ class ModelDrafter:
             if i + 1 < k:
                 logits = self._forward([drafts[-1]])
         return drafts, (np.stack(qs) if sampled else None)
+
+
+def propose_batch(drafters: list[ModelDrafter], tokens: list[list[int]], ks: list[int],
+                  params: list[SamplingParams] | None = None,
+                  rngs: list[np.random.Generator] | None = None,
+                  ) -> list[tuple[list[int], np.ndarray | None]]:
+    """`propose` for several sequences at once: one draft-model forward per draft position over
+    the drafters' slot range (catch-up tokens first; rows whose k is done sit idle), instead of
+    one per sequence and position. The drafters must share one runner and one KVSlots.
+
+    Drafts may differ from one-at-a-time `propose` in the last float bits (batched kernels);
+    harmless, since the target's verification decides what is kept.
+    """
+    first = drafters[0]
+    runner, slots = first.runner, first.slots
+    if any(d.runner is not runner or d.slots is not slots for d in drafters):
+        raise ValueError("batched drafting needs one runner and one KVSlots for every drafter")
+    params = params or [None] * len(drafters)
+    rngs = rngs or [None] * len(drafters)
+    lo, hi = min(d.slot for d in drafters), max(d.slot for d in drafters) + 1
+    ks = [max(0, min(k, slots.capacity - len(t))) for k, t in zip(ks, tokens, strict=True)]
+    feed = [t[d._sync(t):] if k else [] for d, t, k in zip(drafters, tokens, ks, strict=True)]
+    drafts: list[list[int]] = [[] for _ in drafters]
+    qs: list[list[np.ndarray]] = [[] for _ in drafters]
+    for position in range(max(ks, default=0)):
+        active = [i for i, k in enumerate(ks) if k > position]
+        width = max(len(feed[i]) for i in active)
+        ids = np.zeros((hi - lo, width), np.int64)
+        query_lens = np.zeros(hi - lo, np.int64)
+        logits_idx = np.zeros((hi - lo, 1), np.int64)
+        for i in active:
+            row, new = drafters[i].slot - lo, feed[i]
+            ids[row, :len(new)] = new
+            query_lens[row] = len(new)
+            logits_idx[row, 0] = len(new) - 1
+        logits = runner.forward_slots(slots, lo, hi, ids, query_lens, logits_idx)
+        for i in active:
+            d, p = drafters[i], params[i]
+            d.cached.extend(feed[i])
+            d.tokens_fed += len(feed[i])
+            row_logits = logits[d.slot - lo, 0]
+            if p is not None and not p.greedy:
+                q = target_probs(row_logits, p)
+                qs[i].append(q)
+                drafts[i].append(draw(q, rngs[i]))
+            else:
+                drafts[i].append(int(np.argmax(row_logits)))
+            feed[i] = [drafts[i][-1]]
+    for d in drafters:
+        d.last_catchup_s = 0.0
+    return [(dr, np.stack(q) if q else None) for dr, q in zip(drafts, qs, strict=True)]

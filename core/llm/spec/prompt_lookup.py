@@ -7,12 +7,14 @@ of sequences. Pays where the output copies the input (rewrite, summarise, code e
 where the output repeats itself.
 
 The matched n-gram length predicts acceptance (measured on this model's greedy outputs, chat and
-rewrite prompts, 8-token drafts: per-token acceptance ~0.35 after a 1-gram match, ~0.65 after 2,
-~0.7 after 3, ~0.85 after 4): `last_class` reports it, so AdaptiveK can keep acceptance and choose
-k per match length (e.g. drop 1-gram drafts where verifying extra tokens is dear).
+rewrite prompts, 8-token drafts: per-token acceptance ~0.3 after a 1-gram match, ~0.5-0.6 after 2
+or 3, ~0.8 after 4): `last_class` reports it, so AdaptiveK keeps acceptance and chooses k per
+match length (e.g. drops 1-gram drafts where verifying extra tokens is dear).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -21,8 +23,8 @@ from ..sampling import SamplingParams
 
 
 class PromptLookupDrafter:
-    alpha_prior = {1: 0.35, 2: 0.65, 3: 0.7, 4: 0.85, None: 0.5}  # by match length, see above
-    classifies = True  # sets last_class (the matched n) on every propose
+    alpha_prior = {1: 0.3, 2: 0.5, 3: 0.6, 4: 0.8, None: 0.5}  # by match length, see above
+    classifies = True  # sets last_class (the matched n); takes `choose` (see propose)
 
     def __init__(self, max_n: int = 4, min_n: int = 1, window: int = 4096) -> None:
         if not 1 <= min_n <= max_n:
@@ -31,8 +33,10 @@ class PromptLookupDrafter:
         self.last_class: int | None = None  # n of the last match (None: no match)
 
     def propose(self, tokens: list[int], k: int, params: SamplingParams | None = None,
-                rng: np.random.Generator | None = None) -> tuple[list[int], None]:
-        """Up to k draft tokens continuing `tokens` (fewer, or none, when nothing matches)."""
+                rng: np.random.Generator | None = None,
+                choose: Callable[[object], int] | None = None) -> tuple[list[int], None]:
+        """Up to k draft tokens continuing `tokens` (fewer, or none, when nothing matches).
+        choose(match length) -> how many of them to keep (AdaptiveK.next_k); default all."""
         self.last_class = None
         if k < 1 or len(tokens) < 2:
             return [], None
@@ -44,7 +48,8 @@ class PromptLookupDrafter:
             if len(hits):
                 start = int(hits[-1]) + n  # most recent occurrence
                 self.last_class = n
-                return ids[start:start + k].tolist(), None
+                keep = k if choose is None else min(k, choose(n))
+                return ids[start:start + keep].tolist(), None
         return [], None
 
     def reset(self) -> None:

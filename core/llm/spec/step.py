@@ -176,7 +176,8 @@ def speculative_step(runner: ModelRunner, slots: KVSlots, slot: int, tokens: lis
 
     `tokens` is the sequence with its pending token last; slots.lens[slot] must be len(tokens)-1.
     k: a fixed number of drafts, or the sequence's AdaptiveK (chooses k, learns from the result;
-    for a drafter that `classifies` its drafts, k is chosen after drafting, per class).
+    a drafter that `classifies` its drafts is handed `choose=adaptive.next_k` and asks it, per
+    class, once it knows the class: prompt lookup after matching, before running a model).
     max_draft: a further cap (e.g. tokens left before max_tokens, minus one).
     k = 0 (or no drafter, or an empty draft) is a plain decode step: one token, sampled exactly
     as the non-speculative path samples it.
@@ -190,10 +191,13 @@ def speculative_step(runner: ModelRunner, slots: KVSlots, slot: int, tokens: lis
     cap = slots.capacity - base - 1 if max_draft is None else min(max_draft, slots.capacity - base - 1)
     want = max(0, min(want, cap))
     start = time.perf_counter()
-    draft, q = drafter.propose(tokens, want, params, rng) if (want and drafter is not None) else ([], None)
+    if not want or drafter is None:
+        draft, q = [], None
+    elif per_class:  # the drafter classifies first, then asks how many of that class to draft
+        draft, q = drafter.propose(tokens, want, params, rng, choose=adaptive.next_k)
+    else:
+        draft, q = drafter.propose(tokens, want, params, rng)
     cls = getattr(drafter, "last_class", None) if draft else None
-    if per_class and draft:
-        want = min(want, adaptive.next_k(cls))
     draft = [int(t) for t in draft[:want]]
     q = None if q is None else q[: len(draft)]
     drafted_at = time.perf_counter()
@@ -209,7 +213,8 @@ def speculative_step(runner: ModelRunner, slots: KVSlots, slot: int, tokens: lis
 
 def observe(costs: CostModel, result: StepResult) -> None:
     """Feed one step's timings into the pair's cost model."""
-    costs.observe(result.drafted, result.draft_s, result.verify_s, result.catchup_s)
+    costs.observe(result.drafted, result.draft_s, result.verify_s, result.catchup_s,
+                  result.draft_class)
 
 
 def speculative_generate(runner: ModelRunner, prompt: list[int], params: SamplingParams,
