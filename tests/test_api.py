@@ -96,3 +96,10 @@ def test_repeated_system_prompt_reports_cached_tokens(serve_url):
     second = httpx.post(f"{serve_url}/v1/chat/completions", json=body, timeout=60).json()["usage"]
     assert first["prompt_tokens_details"]["cached_tokens"] < 16
     assert second["prompt_tokens_details"]["cached_tokens"] >= second["prompt_tokens"] - 24
+
+
+def test_negative_seed_is_accepted(client):
+    """OpenAI seeds are int64; found by the fuzz test (it was a 500)."""
+    r = client.chat.completions.create(model=CHAT, temperature=0.7, seed=-12345, max_tokens=4,
+                                       messages=[{"role": "user", "content": "Hi"}])
+    assert r.choices[0].message.content is not None

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .model_runner import KVCache, ModelRunner
-from .sampling import SamplingParams, sample
+from .sampling import SamplingParams, rng_for, sample
 
 
 def prefill(runner: ModelRunner, tokens: list[int], kv: KVCache | None = None,
@@ -28,7 +28,7 @@ def decode_one_token(runner: ModelRunner, token: int, kv: KVCache) -> tuple[np.n
 def generate(runner: ModelRunner, prompt: list[int], params: SamplingParams,
              stop_ids: set[int]) -> Iterator[int]:
     """Yield new token ids until max_tokens or a stop token (which is not yielded)."""
-    rng = np.random.default_rng(params.seed)
+    rng = rng_for(params.seed)
     logits, kv = prefill(runner, prompt)
     token = sample(logits[-1], params, rng)
     for produced in range(params.max_tokens):

@@ -29,6 +29,12 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+def rng_for(seed: int | None) -> np.random.Generator:
+    """The request's random generator. OpenAI seeds are any int64: numpy wants a non-negative
+    one, so negative seeds are folded into [0, 2**64) (still one stream per seed)."""
+    return np.random.default_rng(None if seed is None else seed % 2**64)
+
+
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
     """Pick the next token from one row of logits [V]."""
     if params.greedy:

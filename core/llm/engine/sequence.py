@@ -8,10 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-import numpy as np
-
 from ..detokenizer import StreamDecoder
-from ..sampling import SamplingParams
+from ..sampling import SamplingParams, rng_for
 
 _ids = itertools.count()
 
@@ -53,7 +51,7 @@ class Sequence:
     last_token_at: float | None = None
 
     def __post_init__(self) -> None:
-        self.rng = np.random.default_rng(self.params.seed)
+        self.rng = rng_for(self.params.seed)
 
     @property
     def all_ids(self) -> list[int]:

@@ -128,45 +128,57 @@ class CostModel:
         self._add(self._draft_obs, c, per_token / decode_now)
 
     @classmethod
-    def calibrate(cls, runner, k_max: int, drafter=None, context: int = 128, repeats: int = 5,
+    def calibrate(cls, runner, k_max: int, drafter=None, context: int = 128, repeats: int = 7,
                   widths: list[int] | None = None) -> CostModel:
         """Time target forwards over 1..k_max+1 tokens (and one draft token of a model drafter)
-        after `context` tokens of KV, interleaved so load changes hit every width alike."""
+        after `context` tokens of KV. Each round times a 1-token forward right before each wider
+        one (and before the draft forward), and the ratio is taken within the pair; the estimate
+        is the median over rounds: load from other processes changes between rounds, not within
+        a pair, so it cancels out of the ratios."""
         from ..kv_slots import KVSlots
 
-        widths = widths or list(range(1, k_max + 2))
-        slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim, 1, context + max(widths) + 1)
-        ids = list(range(1000, 1000 + context + max(widths)))
+        widths = sorted(set(widths or range(2, k_max + 2)) - {1})
+        slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim, 1,
+                        context + max(widths, default=1) + 1)
+        ids = list(range(1000, 1000 + context + max(widths, default=1)))
         runner.forward_slots(slots, 0, 1, np.array([ids[:context]]), np.array([context]),
                              np.array([[context - 1]]))
-        times: dict[int, list[float]] = {w: [] for w in widths}
-        draft_times: list[float] = []
+
+        def target(w: int) -> float:
+            slots.lens[0] = context
+            start = time.perf_counter()
+            runner.forward_slots(slots, 0, 1, np.array([ids[context:context + w]]), np.array([w]),
+                                 np.arange(w)[None])
+            return time.perf_counter() - start
+
         draft_runner = getattr(drafter, "runner", None)
         if draft_runner is not None:
             dslots = KVSlots(draft_runner.n_layers, draft_runner.n_kv_heads, draft_runner.head_dim, 1,
                              context + 2)
             draft_runner.forward_slots(dslots, 0, 1, np.array([ids[:context]]), np.array([context]),
                                        np.array([[context - 1]]))
+
+        def draft() -> float:
+            dslots.lens[0] = context
+            start = time.perf_counter()
+            draft_runner.forward_slots(dslots, 0, 1, np.array([[5]]), np.array([1]), np.array([[0]]))
+            return time.perf_counter() - start
+
+        ratios: dict[int, list[float]] = {w: [] for w in widths}
+        draft_ratios: list[float] = []
         for rep in range(repeats + 1):
             for w in widths:
-                slots.lens[0] = context
-                start = time.perf_counter()
-                runner.forward_slots(slots, 0, 1, np.array([ids[context:context + w]]), np.array([w]),
-                                     np.arange(w)[None])
+                one, wide = target(1), target(w)
                 if rep:  # the first round warms up
-                    times[w].append(time.perf_counter() - start)
+                    ratios[w].append(wide / one)
             if draft_runner is not None:
-                dslots.lens[0] = context
-                start = time.perf_counter()
-                draft_runner.forward_slots(dslots, 0, 1, np.array([[5]]), np.array([1]), np.array([[0]]))
+                one, d = target(1), draft()
                 if rep:
-                    draft_times.append(time.perf_counter() - start)
-        one = float(np.median(times[1])) if 1 in times else None
+                    draft_ratios.append(d / one)
         model = cls()
-        if one:
-            model.verify = {w - 1: max(float(np.median(t)) / one, 1.0) for w, t in times.items()}
-            if draft_times:
-                model.draft_ratio = float(np.median(draft_times)) / one
+        model.verify = {0: 1.0} | {w - 1: max(float(np.median(r)), 1.0) for w, r in ratios.items()}
+        if draft_ratios:
+            model.draft_ratio = float(np.median(draft_ratios))
         return model
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..kv_slots import KVSlots
 from ..model_runner import ModelRunner
-from ..sampling import SamplingParams, sample
+from ..sampling import SamplingParams, rng_for, sample
 from .acceptance import accept_greedy, accept_sampled, target_probs
 from .adaptive import AdaptiveK, CostModel
 
@@ -226,7 +226,7 @@ def speculative_generate(runner: ModelRunner, prompt: list[int], params: Samplin
     k: a fixed speculation length, or this sequence's AdaptiveK (built over `costs`).
     drafter None or k == 0: plain decoding through the same slot path (the baseline).
     """
-    rng = np.random.default_rng(params.seed)
+    rng = rng_for(params.seed)
     adaptive = k if isinstance(k, AdaptiveK) else None
     k_max = adaptive.k_max if adaptive else int(k)
     costs = costs if costs is not None else (adaptive.costs if adaptive else None)
