@@ -35,10 +35,14 @@ def rng_for(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(None if seed is None else seed % 2**64)
 
 
-def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """Pick the next token from one row of logits [V]."""
+def token_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The distribution [V] (float64) a request samples from: temperature, then top-p over the
+    sorted probabilities; one-hot on the argmax for greedy requests. Speculative decoding
+    verifies against exactly this distribution."""
     if params.greedy:
-        return int(np.argmax(logits))
+        probs = np.zeros(logits.shape[-1])
+        probs[int(np.argmax(logits))] = 1.0
+        return probs
     z = logits.astype(np.float64) / params.temperature
     probs = np.exp(z - z.max())
     probs /= probs.sum()
@@ -49,4 +53,12 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         kept = np.zeros_like(probs)
         kept[keep] = probs[keep]
         probs = kept / kept.sum()
+    return probs
+
+
+def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """Pick the next token from one row of logits [V]."""
+    if params.greedy:
+        return int(np.argmax(logits))
+    probs = token_probs(logits, params)
     return int(rng.choice(len(probs), p=probs))

@@ -15,30 +15,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..sampling import SamplingParams
+from ..sampling import SamplingParams, token_probs
 
 
 def target_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """The distribution `sampling.sample` draws from for one row of logits [V] (float64).
-
-    Same transformation as sampling.sample (temperature, then top-p over the sorted
-    probabilities), so the speculative and the plain sampler target one distribution.
-    """
-    if params.greedy:
-        probs = np.zeros(logits.shape[-1])
-        probs[int(np.argmax(logits))] = 1.0
-        return probs
-    z = logits.astype(np.float64) / params.temperature
-    probs = np.exp(z - z.max())
-    probs /= probs.sum()
-    if params.top_p < 1.0:
-        order = np.argsort(-probs)
-        cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, params.top_p)) + 1]
-        kept = np.zeros_like(probs)
-        kept[keep] = probs[keep]
-        probs = kept / kept.sum()
-    return probs
+    """The distribution `sampling.sample` draws from for one row of logits [V] (float64), so
+    the speculative and the plain sampler target one distribution."""
+    return token_probs(logits, params)
 
 
 def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
