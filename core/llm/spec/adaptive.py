@@ -128,7 +128,7 @@ class CostModel:
         self._add(self._draft_obs, c, per_token / decode_now)
 
     @classmethod
-    def calibrate(cls, runner, k_max: int, drafter=None, context: int = 128, repeats: int = 7,
+    def calibrate(cls, runner, k_max: int, drafter=None, context: int = 128, repeats: int = 5,
                   widths: list[int] | None = None) -> CostModel:
         """Time target forwards over 1..k_max+1 tokens (and one draft token of a model drafter)
         after `context` tokens of KV. Each round times a 1-token forward right before each wider
@@ -154,15 +154,16 @@ class CostModel:
         draft_runner = getattr(drafter, "runner", None)
         if draft_runner is not None:
             dslots = KVSlots(draft_runner.n_layers, draft_runner.n_kv_heads, draft_runner.head_dim, 1,
-                             context + 2)
+                             context + 8)
             draft_runner.forward_slots(dslots, 0, 1, np.array([ids[:context]]), np.array([context]),
                                        np.array([[context - 1]]))
 
-        def draft() -> float:
+        def draft(n: int = 4) -> float:  # as when drafting: n one-token forwards in a row
             dslots.lens[0] = context
             start = time.perf_counter()
-            draft_runner.forward_slots(dslots, 0, 1, np.array([[5]]), np.array([1]), np.array([[0]]))
-            return time.perf_counter() - start
+            for _ in range(n):
+                draft_runner.forward_slots(dslots, 0, 1, np.array([[5]]), np.array([1]), np.array([[0]]))
+            return (time.perf_counter() - start) / n
 
         ratios: dict[int, list[float]] = {w: [] for w in widths}
         draft_ratios: list[float] = []
