@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import metrics
+from ray.serve.handle import DeploymentHandle
 
 from core.llm.engine import EngineConfig, LLMEngine, Sequence
 from core.llm.engine.engine import StepStats
@@ -22,6 +23,8 @@ from core.llm.prefix_cache import PrefixCacheStats
 from core.llm.sampling import SamplingParams
 from core.llm.spec import SpecStats
 from core.llm.textgen import TextGenerator
+
+from .draft import DraftClient
 
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
 
@@ -39,6 +42,9 @@ class EngineArgs(BaseModel):
     speculative: Literal["ngram", "model"] | None = Field(
         None, description="speculative decoding: prompt lookup, or a draft model (draft_variant)")
     draft_variant: str = Field("q4", description="built LM variant that drafts for the target")
+    draft_placement: Literal["replica", "deployment"] = Field(
+        "replica", description="draft model in the target's replica (no hop per step), or its own "
+                               "deployment (other hardware: e.g. a CPU draft for a GPU target)")
     spec_k_max: int = Field(8, ge=1, le=16)
     spec_max_batch: int = Field(1, ge=1, description="speculate while at most this many decode")
 
@@ -117,14 +123,21 @@ class EngineMetrics:
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class LLMDeployment:
     def __init__(self, variant: str = "q4", threads: int | None = None, spinning: bool = False,
-                 device: str = "auto", engine: dict | None = None) -> None:
-        generator = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
-                                       device=device)
+                 device: str = "auto", engine: dict | None = None,
+                 draft_deployment: DeploymentHandle | None = None) -> None:
         args = EngineArgs(**(engine or {}))
+        local_draft = args.speculative == "model" and args.draft_placement == "replica"
+        # Two sessions alternating in one process: spin within a run, park after it.
+        generator = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
+                                       device=device, park_after_run=local_draft)
         draft = None
-        if args.speculative == "model":  # draft and target in one replica: no hop per draft
+        if local_draft:  # draft and target in one replica: no hop per draft
             draft = TextGenerator.load(variant=args.draft_variant, threads=threads, spinning=spinning,
-                                       device=device).runner
+                                       device=device, park_after_run=True).runner
+        elif args.speculative == "model":
+            if draft_deployment is None:
+                raise ValueError("draft_placement 'deployment' needs the DraftDeployment's handle")
+            draft = DraftClient(draft_deployment)
         self.engine = LLMEngine(generator.runner, generator.chat, args.engine_config(), draft)
         self.metrics = EngineMetrics()
         self.engine.on_step = self._on_step

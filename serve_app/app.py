@@ -10,6 +10,7 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from deployments.cache import CacheArgs, CacheDeployment
+from deployments.draft import DraftDeployment
 from deployments.embedder import EmbedderDeployment
 from deployments.llm import EngineArgs, LLMDeployment
 
@@ -43,9 +44,14 @@ def build_app(args: dict) -> Application:
 
 
 def build_graph(args: dict, llm_options: dict | None = None,
-                embedder_options: dict | None = None) -> Application:
+                embedder_options: dict | None = None, draft_options: dict | None = None) -> Application:
     """`*_options` (tests, benchmarks) go to Deployment.options; configs use `deployments:`."""
     cfg = AppArgs(**args)
+    draft = None
+    if cfg.engine.speculative == "model" and cfg.engine.draft_placement == "deployment":
+        draft = DraftDeployment.options(**(draft_options or {})).bind(
+            variant=cfg.engine.draft_variant, threads=cfg.llm_threads, spinning=cfg.llm_spinning,
+            device=cfg.device, n_slots=cfg.engine.max_running, max_seq_len=cfg.engine.max_seq_len)
     llm = LLMDeployment.options(**(llm_options or {}))
     if cfg.prefix_routing:
         llm = llm.options(request_router_config=RequestRouterConfig(
@@ -53,7 +59,7 @@ def build_graph(args: dict, llm_options: dict | None = None,
             request_router_kwargs={"block_size": cfg.engine.prefix_block_size}))
     llm = llm.bind(variant=cfg.llm_variant, threads=cfg.llm_threads,
                              spinning=cfg.llm_spinning, device=cfg.device,
-                             engine=cfg.engine.model_dump())
+                             engine=cfg.engine.model_dump(), draft_deployment=draft)
     embedder = EmbedderDeployment.options(**(embedder_options or {})).bind(
         threads=cfg.embedder_threads, device=cfg.device)
     cache = CacheDeployment.bind(embedder, cfg.cache.model_dump()) if cfg.cache.enabled else None

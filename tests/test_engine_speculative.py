@@ -27,7 +27,7 @@ def reference(fp32_generator):
 def test_speculative_greedy_equals_the_target_alone(fp32_generator, generator, reference, mode):
     engine = LLMEngine(fp32_generator.runner, fp32_generator.chat,
                        EngineConfig(max_seq_len=1024, speculative=mode, prefix_cache_bytes=0),
-                       draft_runner=generator.runner if mode == "model" else None)
+                       draft=generator.runner if mode == "model" else None)
     outs = [engine.generate([ids(fp32_generator, p)], GREEDY)[0].text for p in PROMPTS]
     assert outs == reference
     stats = engine.spec.stats

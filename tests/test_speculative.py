@@ -28,6 +28,7 @@ from core.llm.spec import (
     verify_batch,
 )
 from core.llm.spec.exactness import GAP_THRESHOLD, compare, greedy_reference
+from core.llm.textgen import TextGenerator
 
 # chi-square critical values at p = 0.001 by degrees of freedom (no scipy here)
 CHI2_999 = {3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}
@@ -413,3 +414,12 @@ def test_adaptive_generation_matches_fixed_k_greedy(fp32_generator, prompts):
                                          stats=stats))
     assert adaptive == fixed
     assert costs.known and stats.draft_tokens > 0
+
+
+def test_parked_session_is_the_same_model(generator, llm_dir):
+    """park_after_run changes only the threads' spinning, not the arithmetic."""
+    runner = TextGenerator(llm_dir, "q4", threads=2, spinning=True, park_after_run=True).runner
+    chat = generator.chat
+    ids = chat_ids(chat, "Name three colours.")
+    assert greedy_reference(runner, ids, 8, chat.stop_ids) == greedy_reference(generator.runner, ids, 8,
+                                                                              chat.stop_ids)

@@ -46,8 +46,9 @@ class KVCache:
 
 class ModelRunner:
     def __init__(self, path: str, n_layers: int, n_kv_heads: int, head_dim: int,
-                 threads: int | None = None, spinning: bool = False, device: str = "auto"):
-        self.session = make_session(path, threads, spinning, device)
+                 threads: int | None = None, spinning: bool = False, device: str = "auto",
+                 park_after_run: bool = False):
+        self.session = make_session(path, threads, spinning, device, park_after_run)
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self._out_names = [o.name for o in self.session.get_outputs()]
 

@@ -23,11 +23,16 @@ def providers(device: str = "auto") -> list[str]:
 
 
 def make_session(path: str, threads: int | None = None, spinning: bool = False,
-                 device: str = "auto") -> ort.InferenceSession:
+                 device: str = "auto", park_after_run: bool = False) -> ort.InferenceSession:
     """threads=None uses every core this process may run on.
 
     Spinning is off by default: replicas share cores, and spinning threads burn the CPU the
     other replica needs (measured 2x slower under contention).
+
+    park_after_run: spin within a Run(), park the workers when it returns. For sessions that
+    alternate in one process (a draft and its target): otherwise each one's still-spinning
+    workers steal the cores the other needs (measured fp32 + q4 draft 1.15x with the draft not
+    spinning, 1.43x with both spinning and parked; plain decoding unchanged, 39.6 vs 39.2 tok/s).
     """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or default_threads()
@@ -35,5 +40,7 @@ def make_session(path: str, threads: int | None = None, spinning: bool = False,
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if park_after_run:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.log_severity_level = 3
     return ort.InferenceSession(path, opts, providers=providers(device))

@@ -25,13 +25,13 @@ class TextGenerator:
     model_id = LLM_ID
 
     def __init__(self, model_dir: str | Path, variant: str = "q4", threads: int | None = None,
-                 spinning: bool = False, device: str = "auto") -> None:
+                 spinning: bool = False, device: str = "auto", park_after_run: bool = False) -> None:
         self.chat = ChatTokenizer(model_dir)
         self.variant = variant
         cfg = self.chat.config
         self.runner = ModelRunner(str(Path(model_dir) / f"{variant}.onnx"), cfg["n_layers"],
                                   cfg["n_kv_heads"], cfg["hidden"] // cfg["n_heads"],
-                                  threads, spinning, device)
+                                  threads, spinning, device, park_after_run)
 
     @classmethod
     def load(cls, variant: str = "q4", **kwargs) -> TextGenerator:

@@ -24,7 +24,7 @@ from ..prefix_cache import PrefixCache
 from ..sampling import SamplingParams, sample
 from .scheduler import Scheduler, Work
 from .sequence import Output, Sequence, Status
-from .speculation import Speculation
+from .speculation import DraftService, Speculation
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class StepStats:
 
 class LLMEngine:
     def __init__(self, runner: ModelRunner, chat: ChatTokenizer, config: EngineConfig,
-                 draft_runner: ModelRunner | None = None) -> None:
+                 draft: ModelRunner | DraftService | None = None) -> None:
+        """draft: for speculative="model", the draft model here (a runner) or elsewhere (a service)."""
         self.runner, self.chat, self.config = runner, chat, config
         self.max_seq_len = min(config.max_seq_len, chat.context_length)
         self.slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim,
@@ -78,7 +79,7 @@ class LLMEngine:
         self.scheduler = Scheduler(config.max_running, config.max_prefill_tokens)
         self.prefix_cache = (PrefixCache(config.prefix_cache_bytes, config.prefix_block_size)
                              if config.prefix_cache_bytes else None)
-        self.spec = Speculation(config, runner, draft_runner, self.slots) if config.speculative else None
+        self.spec = Speculation(config, runner, draft, self.slots) if config.speculative else None
         self.on_step: Callable[[StepStats], None] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()

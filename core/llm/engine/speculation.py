@@ -1,38 +1,60 @@
 """Speculative decoding inside the engine: per-sequence drafter and adaptive length, one shared
 cost model. Used for decode steps while few sequences run (with a full batch, one batched decode
-step already uses the cores, and speculation would only add work)."""
+step already uses the cores, and speculation would only add work).
+
+The draft model runs here (a ModelRunner: its own KVSlots beside the target's, same slot index per
+sequence, no hop per step) or elsewhere (a `DraftService`, e.g. a DraftServer behind a Serve
+handle: one call per step, keyed by sequence)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Protocol
 
 from ..kv_slots import KVSlots
 from ..model_runner import ModelRunner
+from ..sampling import SamplingParams
 from ..spec import AdaptiveK, CostModel, ModelDrafter, PromptLookupDrafter, SpecStats, observe
 from ..spec import speculative_step as spec_step
+from ..spec.draft_server import Drafts, RemoteDrafter
 from .sequence import Sequence
 
 if TYPE_CHECKING:
     from .engine import EngineConfig
 
 
+class DraftService(Protocol):
+    """A draft model placed elsewhere (DraftServer's interface)."""
+
+    def propose(self, key: str, tokens: list[int], k: int, params: SamplingParams | None,
+                seed: int | None) -> Drafts: ...
+
+    def release(self, key: str) -> None: ...
+
+
 class Speculation:
-    def __init__(self, config: EngineConfig, target: ModelRunner, draft: ModelRunner | None,
-                 slots: KVSlots) -> None:
+    def __init__(self, config: EngineConfig, target: ModelRunner,
+                 draft: ModelRunner | DraftService | None, slots: KVSlots) -> None:
         if config.speculative == "model" and draft is None:
-            raise ValueError("speculative='model' needs a draft model runner")
+            raise ValueError("speculative='model' needs a draft model (runner or service)")
         self.config, self.target, self.draft, self.slots = config, target, draft, slots
+        self.local_draft = isinstance(draft, ModelRunner)
         self.draft_slots = (KVSlots(draft.n_layers, draft.n_kv_heads, draft.head_dim, slots.n_slots,
-                                    slots.capacity) if config.speculative == "model" else None)
+                                    slots.capacity)
+                            if config.speculative == "model" and self.local_draft else None)
+        self._keys = uuid.uuid4().hex[:8]  # several engines may share one draft service
         self.costs = CostModel()
         self.stats = SpecStats()
         self._state: dict[int, tuple[object, AdaptiveK]] = {}  # seq_id -> (drafter, k)
 
     def _for(self, seq: Sequence) -> tuple[object, AdaptiveK]:
         if seq.seq_id not in self._state:
-            if self.config.speculative == "model":
+            if self.config.speculative == "model" and self.local_draft:
                 drafter = ModelDrafter(self.draft, self.draft_slots, seq.slot)
                 drafter.reset()  # the slot may hold another sequence's draft KV
+            elif self.config.speculative == "model":
+                drafter = RemoteDrafter(f"{self._keys}-{seq.seq_id}", self.draft.propose,
+                                        self.draft.release)
             else:
                 drafter = PromptLookupDrafter()
             self._state[seq.seq_id] = (drafter, AdaptiveK(self.costs, self.config.spec_k_max,
@@ -49,4 +71,6 @@ class Speculation:
         return result
 
     def forget(self, seq: Sequence) -> None:
-        self._state.pop(seq.seq_id, None)
+        drafter, _ = self._state.pop(seq.seq_id, (None, None))
+        if isinstance(drafter, RemoteDrafter):
+            drafter.close()
