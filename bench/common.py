@@ -3,39 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
+from core.timing import machine, median_time  # noqa: F401 - re-exported for the benchmarks
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def machine() -> dict:
-    import onnxruntime
-
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
-
-
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def write(name: str, payload: dict | list, table: str) -> None:

@@ -22,6 +22,8 @@ def main() -> None:
             print(f"{name}: no results yet (run python -m bench.{name})")
             continue
         body = re.sub(r"\]\((?!http|bench/)([\w.-]+\.png)\)", r"](bench/results/\1)", table.read_text())
+        # a result file's own headings sit under the README's "###" sections
+        body = re.sub(r"^(#+) ", lambda m: "#" * min(len(m.group(1)) + 3, 6) + " ", body, flags=re.MULTILINE)
         block = f"<!-- bench:{name} -->\n{body.strip()}\n<!-- /bench:{name} -->"
         text = re.sub(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", lambda _, b=block: b, text,
                       flags=re.DOTALL)

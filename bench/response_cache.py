@@ -1,5 +1,7 @@
 """Response-cache benchmark over HTTP: p50/p99 for a miss, an exact hit and a semantic hit, with
 10k and 100k entries in the store (filler entries bulk-written into the same partition first).
+Exact hits are measured twice: as served (from the ingress's near cache once an answer is
+stored) and from the store itself (the same store reopened by an app with the near cache off).
 
     python -m bench.response_cache      # writes bench/results/response_cache.{json,md}
 """
@@ -80,13 +82,23 @@ def measure(url: str, pairs: list[tuple[str, str]], repeats: int) -> dict:
     time.sleep(1.0)  # answers are stored in the background after the response
     exact = [timed(url, a) for _ in range(repeats) for a, _ in pairs]
     semantic = [timed(url, b) for b, in [(b,) for _, b in pairs]]
-    out = {}
-    for name, rows, want in (("miss", miss, "miss"), ("exact hit", exact, "hit-exact"),
-                             ("semantic hit", semantic, "hit-semantic")):
-        ms = [m for m, kind in rows if kind == want]
-        out[name] = {"n": len(ms), "of": len(rows), "p50_ms": round(float(np.percentile(ms, 50)), 1)
-                     if ms else None, "p99_ms": round(float(np.percentile(ms, 99)), 1) if ms else None}
-    return out
+    return {name: summarise(rows, want) for name, rows, want in (
+        ("miss", miss, "miss"), ("exact hit", exact, "hit-exact"),
+        ("semantic hit", semantic, "hit-semantic"))}
+
+
+def summarise(rows: list[tuple[float, str]], want: str) -> dict:
+    ms = [m for m, kind in rows if kind == want]
+    return {"n": len(ms), "of": len(rows), "p50_ms": round(float(np.percentile(ms, 50)), 1) if ms else None,
+            "p99_ms": round(float(np.percentile(ms, 99)), 1) if ms else None}
+
+
+def app(data_dir: Path, near_cache_entries: int):
+    from serve_app.app import build_graph
+
+    return build_graph({"device": "cpu", "llm_variant": "q4", "engine": {"max_running": 4},
+                        "cache": {"data_dir": str(data_dir), "max_entries_per_partition": 10**7,
+                                  "near_cache_entries": near_cache_entries}})
 
 
 def main() -> None:
@@ -98,8 +110,6 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve_app.app import build_graph
-
     pairs = paraphrase_pairs(args.pairs)
     partition = keys_for(pairs[0][0]).partition
     assert all(keys_for(a).partition == partition for a, _ in pairs)
@@ -109,18 +119,22 @@ def main() -> None:
     for size in args.sizes:
         data_dir = Path(tempfile.mkdtemp(prefix=f"cache-bench-{size}-"))
         fill_s = fill(data_dir, size, partition)
-        app = build_graph({"device": "cpu", "llm_variant": "q4", "engine": {"max_running": 4},
-                           "cache": {"data_dir": str(data_dir), "max_entries_per_partition": 10**7}})
-        serve.run(app, name="cache", route_prefix="/cache")
         url = f"http://127.0.0.1:{PORT}/cache"
-        timed(url, "warm-up question about nothing in particular")
-        results.append({"entries": size, "fill_s": round(fill_s, 1), **measure(url, pairs, args.repeats)})
+        for near in (4096, 0):  # then the same store again, every exact hit from the store
+            serve.run(app(data_dir, near), name="cache", route_prefix="/cache")
+            timed(url, "warm-up question about nothing in particular")
+            if near:
+                results.append({"entries": size, "fill_s": round(fill_s, 1),
+                                **measure(url, pairs, args.repeats)})
+            else:
+                results[-1]["exact hit, near cache off"] = summarise(
+                    [timed(url, a) for _ in range(args.repeats) for a, _ in pairs], "hit-exact")
+            serve.delete("cache")  # the embedded store: one process at a time
         print(results[-1])
-        serve.delete("cache")
         shutil.rmtree(data_dir, ignore_errors=True)
     serve.shutdown()
     rows = [[r["entries"], kind, f'{r[kind]["n"]}/{r[kind]["of"]}', r[kind]["p50_ms"], r[kind]["p99_ms"]]
-            for r in results for kind in ("miss", "exact hit", "semantic hit")]
+            for r in results for kind in ("miss", "exact hit", "exact hit, near cache off", "semantic hit")]
     table = markdown_table(["entries in store", "request", "served as", "p50 (ms)", "p99 (ms)"], rows)
     write("response_cache", {"machine": machine(), "results": results}, table)
 

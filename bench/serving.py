@@ -31,7 +31,7 @@ QUESTIONS = [
     "What is the boiling point of water?", "List two benefits of exercise.", "What is an API?",
     "How many days are in a leap year?",
 ]
-PLAN = {1: 8, 4: 16, 16: 32}  # concurrency -> requests
+PLAN = {1: 8, 4: 16, 16: 64}  # concurrency -> requests (4 per stream at 16: past the ramp-up)
 
 
 def app_args(max_running: int) -> dict:

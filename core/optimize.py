@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from .quant.chooser import LATENCY_METRICS, Budget, choose, parse_fraction
-from .quant.report import REPO, machine, plot, report, write_config
+from .quant.report import REPO, plot, report, write_config
 from .quant.variants import variant_names
+from .timing import machine
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -19,6 +19,7 @@ from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from core.cache import DEFAULT_THRESHOLD, CacheConfig, CacheStore, RequestKeys
+from core.embedder import Embedder
 
 LOOKUP_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 250, 500]
 
@@ -36,6 +37,10 @@ class CacheArgs(BaseModel):
     max_entries_per_partition: int = Field(10_000, ge=1)
     timeout_s: float = Field(0.25, gt=0.0, description="a slower store is skipped, served uncached")
     purge_interval_s: float = Field(60.0, gt=0.0)
+    embed_in_cache: bool = Field(True, description="embed lookup prompts in the cache replica (no hop "
+                                                   "to the embedder deployment: ~7 ms less per miss)")
+    near_cache_entries: int = Field(4096, ge=0, description="exact hits kept in each ingress replica "
+                                                            "(no hop to the store); 0 = off")
 
     def store_config(self) -> CacheConfig:
         host = self.host or os.environ.get("CHROMA_HOST")
@@ -53,6 +58,11 @@ class CacheDeployment:
         self.args = CacheArgs(**args)
         self.store = CacheStore(self.args.store_config())
         self.embedder = embedder
+        # Lookups embed one short prompt: a local session (1 thread) beats a hop to the embedder
+        # deployment plus its batch wait. Answers are stored with the embedding computed here.
+        self.local_embedder = Embedder.load(threads=1) if self.args.embed_in_cache else None
+        self._epoch, self._invalidations = os.urandom(4).hex(), 0
+        self._invalidated = asyncio.Event()
         self.lookups = metrics.Counter("cache_lookups", description="cache lookups by result",
                                        tag_keys=("result",))
         self.latency = metrics.Histogram("cache_lookup_ms", description="cache lookup latency",
@@ -79,20 +89,49 @@ class CacheDeployment:
         hit = await self.store.alookup(keys.exact, keys.partition, None, None, semantic=semantic)
         embedding = None
         if hit is None and semantic:
-            vectors, _ = await self.embedder.embed.remote([keys.semantic_text])
-            embedding = vectors[0]
-            hit = await self.store.alookup(keys.exact, keys.partition, embedding, keys.semantic_text)
+            embedding = await self._embed(keys.semantic_text)
+            hit = await self.store.alookup(None, keys.partition, embedding, keys.semantic_text)
         self.latency.observe((time.perf_counter() - start) * 1000)
         self.lookups.inc(tags={"result": f"hit-{hit.kind}" if hit else "miss"})
-        return ({"kind": hit.kind, "body": hit.body, "similarity": hit.similarity} if hit else None,
-                embedding)
+        return ({"kind": hit.kind, "body": hit.body, "similarity": hit.similarity,
+                 "expires_at": hit.expires_at} if hit else None, embedding)
 
-    async def put(self, keys: RequestKeys, embedding: np.ndarray | None, body: dict, model: str) -> bool:
-        return await self.store.aput(keys.exact, keys.partition, embedding, keys.semantic_text, body,
-                                     self.args.ttl_s, model=model)
+    async def _embed(self, text: str) -> np.ndarray:
+        if self.local_embedder is not None:
+            return (await asyncio.to_thread(self.local_embedder.embed, [text]))[0]
+        vectors, _ = await self.embedder.embed.remote([text])
+        return vectors[0]
+
+    async def put(self, keys: RequestKeys, embedding: np.ndarray | None, body: dict,
+                  model: str) -> float | None:
+        """Store an answer; returns when it expires (wall clock), None if it was not stored."""
+        if embedding is None and keys.semantic_text:
+            embedding = await self._embed(keys.semantic_text)
+        expires_at = time.time() + self.args.ttl_s  # no later than the store's own stamp
+        stored = await self.store.aput(keys.exact, keys.partition, embedding, keys.semantic_text, body,
+                                       self.args.ttl_s, model=model)
+        return expires_at if stored else None
 
     async def invalidate(self, model: str | None = None) -> int:
-        return await asyncio.to_thread(self.store.invalidate, model)
+        try:
+            return await asyncio.to_thread(self.store.invalidate, model)
+        finally:  # near caches drop everything, whatever the store managed
+            self._invalidations += 1
+            self._invalidated.set()
+            self._invalidated = asyncio.Event()
+
+    async def invalidations(self, seen: str | None, wait_s: float = 30.0) -> str:
+        """Long poll for ingress replicas' near caches: returns this replica's invalidation
+        token once it differs from `seen` (or after wait_s). A restarted replica has a new one."""
+        token = f"{self._epoch}:{self._invalidations}"
+        if token == seen:
+            event = self._invalidated
+            try:
+                await asyncio.wait_for(event.wait(), wait_s)
+            except TimeoutError:
+                pass
+            token = f"{self._epoch}:{self._invalidations}"
+        return token
 
     def stats(self) -> dict:
         return dataclasses.asdict(self.store.stats())

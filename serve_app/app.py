@@ -63,4 +63,5 @@ def build_graph(args: dict, llm_options: dict | None = None,
     embedder = EmbedderDeployment.options(**(embedder_options or {})).bind(
         threads=cfg.embedder_threads, device=cfg.device)
     cache = CacheDeployment.bind(embedder, cfg.cache.model_dump()) if cfg.cache.enabled else None
-    return Ingress.bind(llm, embedder, cache, cfg.llm_variant, cfg.api_keys)
+    return Ingress.bind(llm, embedder, cache, cfg.llm_variant, cfg.api_keys,
+                        cfg.cache.near_cache_entries)

@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle
 
 from core.build.artifacts import EMBEDDER_ID, LLM_ID, build_llm
 from core.cache import RequestKeys, is_cacheable, request_keys
+from core.cache.near import NearCache
 from core.llm.chat_tokenizer import ChatTokenizer, PromptTooLong
 from core.llm.engine import Overloaded
 
@@ -84,11 +85,31 @@ def _text_of(endpoint: Endpoint, body: dict) -> str:
 class Ingress:
     def __init__(self, llm: DeploymentHandle, embedder: DeploymentHandle,
                  cache: DeploymentHandle | None, llm_variant: str,
-                 api_keys: dict[str, str] | None = None) -> None:
+                 api_keys: dict[str, str] | None = None, near_cache_entries: int = 0) -> None:
         self.llm, self.embedder, self.cache, self.llm_variant = llm, embedder, cache, llm_variant
         self.keys = load_keys(api_keys)
         self.chat = ChatTokenizer(build_llm(progress=lambda _: None))
         self._background: set[asyncio.Task] = set()
+        self.near = NearCache(near_cache_entries) if cache is not None and near_cache_entries else None
+        if self.near is not None:
+            self._in_background(self._follow_invalidations())
+
+    async def _follow_invalidations(self) -> None:
+        """Clear the near cache whenever the cache replica invalidates (a DELETE that another
+        ingress replica received) or restarts; while it cannot be reached, keep it empty."""
+        token = None
+        while True:
+            try:
+                new = await self.cache.invalidations.remote(token)
+            except Exception as exc:  # noqa: BLE001 - unreachable: serve nothing we cannot revoke
+                self.near.clear()
+                logger.warning("cache replica unreachable for invalidations (%r); near cache off", exc)
+                token = None
+                await asyncio.sleep(1.0)
+                continue
+            if new != token:
+                self.near.clear()
+                token = new
 
     # -- helpers -----------------------------------------------------------------------------
     def _check_model(self, requested: str, served: str) -> None:
@@ -120,7 +141,7 @@ class Ingress:
         return exc
 
     def _in_background(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_event_loop().create_task(coro)
         self._background.add(task)  # keep a reference until done
         task.add_done_callback(self._background.discard)
 
@@ -146,11 +167,12 @@ class Ingress:
 
     async def _store(self, keys: RequestKeys, embedding: np.ndarray | None, body: dict) -> None:
         try:
-            if embedding is None and keys.semantic_text:
-                embedding = (await self.embedder.embed.remote([keys.semantic_text]))[0][0]
-            await self.cache.put.remote(keys, embedding, body, LLM_ID)
+            expires_at = await self.cache.put.remote(keys, embedding, body, LLM_ID)
         except Exception as exc:  # noqa: BLE001 - the answer was served; only caching failed
             logger.warning("response cache put failed: %r", exc)
+            return
+        if expires_at is not None and self.near is not None:
+            self.near.put(keys.exact, body, expires_at)
 
     def _replay(self, endpoint: Endpoint, body: dict, stream: bool, include_usage: bool,
                 kind: str):
@@ -184,8 +206,13 @@ class Ingress:
         keys, look = self._cache_keys(request, endpoint, req, tenant)
         embedding = None
         if keys is not None and look:
+            near = self.near.get(keys.exact) if self.near is not None else None
+            if near is not None:
+                return self._replay(endpoint, near, req.stream, include_usage, "exact")
             hit, embedding = await self._lookup(keys)
             if hit is not None:
+                if hit["kind"] == "exact" and self.near is not None:
+                    self.near.put(keys.exact, hit["body"], hit["expires_at"])
                 return self._replay(endpoint, hit["body"], req.stream, include_usage, hit["kind"])
         params = {"max_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
                   "seed": req.seed, "stop": req.stop_list(), "ignore_eos": req.ignore_eos}
@@ -272,6 +299,8 @@ class Ingress:
         if self.cache is None:
             raise APIError(404, "the response cache is disabled in this deployment", None,
                            "cache_disabled", "not_found_error")
+        if self.near is not None:
+            self.near.clear()  # this replica's at once; the others hear it from the cache replica
         removed = await self.cache.invalidate.remote(model)
         if removed < 0:
             raise APIError(503, "the cache store is unavailable; nothing was invalidated", None,

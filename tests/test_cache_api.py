@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import httpx
@@ -149,3 +150,21 @@ def test_cache_survives_an_app_restart(secure_url):
     serve.run(build_app(args), name="secure", route_prefix="/secure")
     wait_healthy(url)
     assert ask(url, question, alpha).headers["x-cache"] == "hit-exact"
+
+
+def test_invalidation_from_elsewhere_reaches_the_near_cache(serve_url):
+    """A DELETE received by another ingress replica (here: sent to the cache replica directly)
+    must empty this replica's near cache: the next request is a miss, not a stale hit."""
+    from ray import serve
+
+    question = unique("Which planet is known as the red planet?")
+    assert ask(serve_url, question).headers["x-cache"] == "miss"
+    for _ in range(40):  # the answer is stored in the background, then kept near
+        if ask(serve_url, question).headers["x-cache"] == "hit-exact":
+            break
+    else:
+        pytest.fail("never cached")
+    cache = serve.get_deployment_handle("CacheDeployment", app_name="effserve")
+    assert cache.invalidate.remote(None).result() >= 1
+    time.sleep(0.5)  # the ingress hears of it through its long poll, within milliseconds
+    assert ask(serve_url, question).headers["x-cache"] == "miss"

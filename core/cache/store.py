@@ -58,6 +58,7 @@ class CacheHit:
     similarity: float  # 1.0 for exact hits
     entry_id: str
     prompt: str  # the stored prompt that matched
+    expires_at: float = 0.0  # wall clock, from the entry's metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,7 @@ class CacheStore:
 
     def lookup(
         self,
-        exact_key: str,
+        exact_key: str | None,
         partition: str,
         embedding: Sequence[float] | np.ndarray | None,
         prompt_text: str | None,
@@ -131,7 +132,8 @@ class CacheStore:
         """Exact hit by id, else the nearest neighbour over ``threshold`` that passes the guard.
 
         ``embedding`` None means exact-only: in the exact-only collection (entries put without
-        an embedding), or with semantic=True by id in the semantic one.
+        an embedding), or with semantic=True by id in the semantic one. ``exact_key`` None:
+        semantic only (the caller has already missed by id).
         Returns None on a miss and on any store failure (counted in errors).
         """
         fn = self._lookup_fn(exact_key, partition, embedding, prompt_text, threshold, semantic)
@@ -144,7 +146,7 @@ class CacheStore:
 
     async def alookup(
         self,
-        exact_key: str,
+        exact_key: str | None,
         partition: str,
         embedding: Sequence[float] | np.ndarray | None,
         prompt_text: str | None,
@@ -165,7 +167,7 @@ class CacheStore:
 
     def _lookup_fn(
         self,
-        exact_key: str,
+        exact_key: str | None,
         partition: str,
         embedding: Sequence[float] | np.ndarray | None,
         prompt_text: str | None,
@@ -178,7 +180,7 @@ class CacheStore:
         return lambda: self._lookup(exact_key, name, vector, prompt_text, limit)
 
     def _lookup(
-        self, key: str, name: str, vector: list[float] | None, prompt: str | None, threshold: float
+        self, key: str | None, name: str, vector: list[float] | None, prompt: str | None, threshold: float
     ) -> tuple[CacheHit | None, int]:
         from chromadb.errors import NotFoundError
 
@@ -187,12 +189,15 @@ class CacheStore:
             return None, 0
         now = self._clock()
         try:
-            got = part.collection.get(ids=[key], include=["documents", "metadatas"])
+            # key None: the caller already missed by id (deployments look up exact first)
+            got = (part.collection.get(ids=[key], include=["documents", "metadatas"]) if key is not None
+                   else {"ids": []})
             if got["ids"] and _alive(got["metadatas"][0], now):
                 self._touch(part, key, now)
                 meta = got["metadatas"][0]
                 return CacheHit(
-                    "exact", json.loads(got["documents"][0]), 1.0, key, str(meta.get("prompt", ""))
+                    "exact", json.loads(got["documents"][0]), 1.0, key, str(meta.get("prompt", "")),
+                    float(meta["expires_at"]),
                 ), 0
             if vector is None or prompt is None:
                 # without the prompt the guard cannot run: no semantic answer
@@ -224,7 +229,9 @@ class CacheStore:
                     )
                     continue
             self._touch(part, entry_id, now)
-            return CacheHit("semantic", json.loads(doc), similarity, entry_id, stored_prompt), rejects
+            hit = CacheHit("semantic", json.loads(doc), similarity, entry_id, stored_prompt,
+                           float(meta["expires_at"]))
+            return hit, rejects
         return None, rejects
 
     def _count_lookup(self, hit: CacheHit | None, rejects: int) -> CacheHit | None:

@@ -3,11 +3,11 @@ judged by cosine to the fp32 vectors and nearest-neighbour stability on data/sen
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from ..embedder import Embedder
 from ..llm.session import make_session
+from ..timing import timed_calls
 from .quality import embedder_quality, load_sentences
 from .quantizer import ModelQuantizer
 
@@ -33,13 +33,7 @@ def ensure_embedder_variant(embedder_dir: Path, name: str, progress: bool = True
 
 def _best_s(fn, repeats: int) -> float:
     """Best of `repeats` timed calls after a warm-up: contention on a shared machine only adds."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timed_calls(fn, repeats))
 
 
 def evaluate_embedder(embedder_dir: Path, threads: int = 2, repeats: int = 3,

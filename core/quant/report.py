@@ -32,24 +32,6 @@ def write_config(pick: str, budget: Budget, row: dict, base: Path, out: Path) ->
     out.write_text(header + yaml.safe_dump(config, sort_keys=False))
 
 
-def machine() -> dict:
-    import os
-    import platform
-    import time
-
-    import onnxruntime
-
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
-
-
 def _mb(n: float) -> str:
     return f"{n / 1e6:.0f}"
 
