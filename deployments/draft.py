@@ -25,6 +25,7 @@ class DraftDeployment:
         runner = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
                                     device=device).runner
         self.server = DraftServer(runner, n_slots, max_seq_len)
+        self.server.slots.prefault()  # first touch of the KV buffers now, not in a request
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft")  # off the event loop
 
     async def propose(self, key: str, tokens: list[int], k: int, params: SamplingParams | None,

@@ -94,3 +94,17 @@ def test_limits_running_waiting_and_prompt_length(generator):
     assert peak == 2
     with pytest.raises(PromptTooLong):
         engine.add(list(range(100, 1200)), GREEDY, lambda _: None)
+
+
+
+def test_start_makes_the_kv_slots_resident_before_any_request(generator, monkeypatch):
+    """The first forward over fresh slots touches most of their capacity (seconds for GBs), so
+    the engine pays it at start, before its thread takes requests."""
+    engine = make_engine(generator, max_running=2, max_seq_len=256)
+    calls = []
+    monkeypatch.setattr(engine.slots, "prefault", lambda: calls.append(engine._thread))
+    engine.start()
+    try:
+        assert calls == [None]  # once, before the engine thread existed
+    finally:
+        engine.shutdown()

@@ -252,6 +252,11 @@ class LLMEngine:
 
     # -- loop --------------------------------------------------------------------------------
     def start(self) -> None:
+        """Step on a thread of its own. KV buffers are made resident first, so no request pays
+        for their first touch (seconds for GBs of slots)."""
+        self.slots.prefault()
+        if self.spec is not None and self.spec.draft_slots is not None:
+            self.spec.draft_slots.prefault()
         self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
         self._thread.start()
 
