@@ -18,6 +18,8 @@ import os
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from core.build.artifacts import SERVED_VARIANT  # noqa: E402
+
 from .common import RESULTS  # noqa: E402
 from .loadgen import LoadResult, run_chat_load, run_embedding_load, write_results  # noqa: E402
 
@@ -34,8 +36,8 @@ QUESTIONS = [
 PLAN = {1: 8, 4: 16, 16: 64}  # concurrency -> requests (4 per stream at 16: past the ramp-up)
 
 
-def app_args(max_running: int) -> dict:
-    return {"device": "cpu", "llm_variant": "q4", "llm_spinning": False,
+def app_args(max_running: int, variant: str = SERVED_VARIANT) -> dict:
+    return {"device": "cpu", "llm_variant": variant, "llm_spinning": False,
             "engine": {"max_running": max_running, "max_waiting": 64},
             "cache": {"enabled": False}}  # the response cache would turn repeats into hits
 
@@ -58,7 +60,7 @@ def run_app(name: str, args: dict, embedder_options: dict | None = None) -> str:
     return f"http://127.0.0.1:{PORT}/{name}"
 
 
-def plot(results: list[LoadResult]) -> None:
+def plot(results: list[LoadResult], variant: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +74,7 @@ def plot(results: list[LoadResult]) -> None:
     ax.set_xlabel("concurrent streams")
     ax.set_ylabel("generated tok/s (all streams)")
     ax.set_xscale("log", base=2)
-    ax.set_title("SmolLM2-135M Q4_1 on 2 CPU cores")
+    ax.set_title(f"SmolLM2-135M {variant} (peer: GGUF Q4_1), 2 cores", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "serving.png", dpi=120)
@@ -86,7 +88,7 @@ async def main_async(args: argparse.Namespace) -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     results: list[LoadResult] = []
     for name, max_running in (("continuous", 16), ("naive", 1)):
-        url = run_app(name, app_args(max_running))
+        url = run_app(name, app_args(max_running, args.variant))
         results += await chat_sweep(url, f"this app ({name})" if name == "continuous"
                                     else "naive (one at a time)", args.max_tokens)
         serve.delete(name)
@@ -105,14 +107,17 @@ async def main_async(args: argparse.Namespace) -> None:
         results.append(await run_embedding_load(url, EMBED, texts, 32, 512, label=label))
         serve.delete("emb")
     serve.shutdown()
-    write_results("serving", results, {"max_tokens": args.max_tokens, "plan": PLAN})
-    plot(results)
+    write_results(args.out, results, {"max_tokens": args.max_tokens, "plan": PLAN, "variant": args.variant})
+    if args.out == "serving":
+        plot(results, args.variant)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--variant", default=SERVED_VARIANT, help="LM variant for this app and the naive one")
+    ap.add_argument("--out", default="serving", help="results name (bench/results/<out>.{json,md})")
     asyncio.run(main_async(ap.parse_args()))
 
 

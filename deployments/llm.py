@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
+from core.build.artifacts import SERVED_VARIANT
 from core.llm.engine import EngineConfig, LLMEngine, Sequence
 from core.llm.engine.engine import StepStats
 from core.llm.prefix_cache import PrefixCacheStats
@@ -122,7 +123,7 @@ class EngineMetrics:
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class LLMDeployment:
-    def __init__(self, variant: str = "q4", threads: int | None = None, spinning: bool = False,
+    def __init__(self, variant: str = SERVED_VARIANT, threads: int | None = None, spinning: bool = False,
                  device: str = "auto", engine: dict | None = None,
                  draft_deployment: DeploymentHandle | None = None) -> None:
         args = EngineArgs(**(engine or {}))

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
+from core.build.artifacts import SERVED_VARIANT
 from deployments.cache import CacheArgs, CacheDeployment
 from deployments.draft import DraftDeployment
 from deployments.embedder import EmbedderDeployment
@@ -25,7 +26,8 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    llm_variant: str = Field("q4", description="built LM variant to serve: fp32, q4, ...")
+    llm_variant: str = Field(SERVED_VARIANT, description="LM variant to serve: fp32, q4, w8-rtn32, ... "
+                                                         "(built on demand)")
     llm_threads: int | None = Field(None, ge=1, description="ORT threads; default all cores")
     llm_spinning: bool = Field(False, description="ORT thread spinning: ~1.4x at batch 1 on cores of "
                                                         "its own, 2x slower when anything shares them")

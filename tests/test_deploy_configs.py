@@ -43,6 +43,7 @@ from ray.serve.schema import (  # noqa: E402
     ServeDeploySchema,
 )
 
+from core.quant.variants import spec  # noqa: E402
 from deployments.embedder import EmbedderBatching  # noqa: E402
 from serve_app.app import AppArgs  # noqa: E402
 
@@ -211,6 +212,8 @@ def check_serve_config(raw: dict, cluster: dict | None = None) -> dict:
     check_keys("application", app_raw, ServeApplicationSchema)
     assert app_cfg.import_path == "serve_app.app:build_app"
     args = AppArgs(**app_cfg.args)
+    spec(args.llm_variant)  # a variant the code can build (raises on a typo)
+    spec(args.engine.draft_variant)
 
     names = [d["name"] for d in app_raw.get("deployments", [])]
     assert len(names) == len(set(names)), f"duplicate deployments {names}"
