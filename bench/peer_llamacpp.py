@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from .common import wait_until_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
@@ -53,17 +53,11 @@ def server_command(model: Path, port: int, n_threads: int, n_ctx: int, model_ali
 
 
 def wait_ready(base_url: str, proc: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def alive() -> None:
         if proc.poll() is not None:
             raise RuntimeError(f"llama.cpp server exited with code {proc.returncode} (see its log)")
-        try:
-            if httpx.get(f"{base_url}/v1/models", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"llama.cpp server not ready at {base_url} after {timeout_s:.0f}s")
+
+    wait_until_ok(f"{base_url}/v1/models", timeout_s, alive)
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import httpx  # noqa: E402
 
-from .common import machine, markdown_table, write  # noqa: E402
+from .common import machine, markdown_table, wait_until_ok, write  # noqa: E402
 from .speculative import messages  # noqa: E402
 
 PORT = 8771
@@ -79,14 +79,13 @@ def main() -> None:
     from ray import serve
 
     from serve_app.app import build_graph
-    from tests.conftest import wait_healthy
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     for p in PLACEMENTS:
         serve.run(build_graph(app_args(p), llm_options=SMALL, embedder_options=SMALL, draft_options=SMALL),
                   name=p, route_prefix=f"/{p}")
-        wait_healthy(f"http://127.0.0.1:{PORT}/{p}")
+        wait_until_ok(f"http://127.0.0.1:{PORT}/{p}/healthz", 120)
     load_start = list(os.getloadavg())
     loads = {"chat": (messages("chat", args.chat), args.chat_tokens),
              "rewrite": (messages("rewrite", args.rewrite), args.rewrite_tokens)}

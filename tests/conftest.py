@@ -9,12 +9,11 @@ for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
                    "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(key, value)
 
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import httpx  # noqa: E402
 import pytest  # noqa: E402
 
+from bench.common import wait_until_ok  # noqa: E402
 from core.build.artifacts import build_embedder, build_llm  # noqa: E402
 
 SERVE_PORT = int(os.environ.get("TEST_SERVE_PORT", "8765"))
@@ -63,15 +62,7 @@ def ray_session():
 
 
 def wait_healthy(url: str, timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not become healthy")
+    wait_until_ok(f"{url}/healthz", timeout_s)
 
 
 @pytest.fixture(scope="session")

@@ -38,10 +38,9 @@ class Speculation:
         if config.speculative == "model" and draft is None:
             raise ValueError("speculative='model' needs a draft model (runner or service)")
         self.config, self.target, self.draft, self.slots = config, target, draft, slots
-        self.local_draft = isinstance(draft, ModelRunner)
         self.draft_slots = (KVSlots(draft.n_layers, draft.n_kv_heads, draft.head_dim, slots.n_slots,
                                     slots.capacity)
-                            if config.speculative == "model" and self.local_draft else None)
+                            if config.speculative == "model" and isinstance(draft, ModelRunner) else None)
         self._keys = uuid.uuid4().hex[:8]  # several engines may share one draft service
         self.costs = CostModel()
         self.stats = SpecStats()
@@ -49,14 +48,14 @@ class Speculation:
 
     def _for(self, seq: Sequence) -> tuple[object, AdaptiveK]:
         if seq.seq_id not in self._state:
-            if self.config.speculative == "model" and self.local_draft:
+            if self.config.speculative == "ngram":
+                drafter = PromptLookupDrafter()
+            elif self.draft_slots is not None:  # the draft model is here
                 drafter = ModelDrafter(self.draft, self.draft_slots, seq.slot)
                 drafter.reset()  # the slot may hold another sequence's draft KV
-            elif self.config.speculative == "model":
+            else:
                 drafter = RemoteDrafter(f"{self._keys}-{seq.seq_id}", self.draft.propose,
                                         self.draft.release)
-            else:
-                drafter = PromptLookupDrafter()
             self._state[seq.seq_id] = (drafter, AdaptiveK(self.costs, self.config.spec_k_max,
                                                           alpha_prior=drafter.alpha_prior))
         return self._state[seq.seq_id]

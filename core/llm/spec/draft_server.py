@@ -94,8 +94,6 @@ class RemoteDrafter:
     def __init__(self, key: str, propose: ProposeFn, release: Callable[[str], None]) -> None:
         self.key, self._propose, self._release = key, propose, release
         self.last_catchup_s = 0.0
-        self.remote_s = 0.0  # the draft model's own seconds in the last call (the rest was the hop)
-        self.failures = 0
 
     def propose(self, tokens: list[int], k: int, params: SamplingParams | None = None,
                 rng: np.random.Generator | None = None) -> tuple[list[int], np.ndarray | None]:
@@ -108,10 +106,9 @@ class RemoteDrafter:
         try:
             result = self._propose(self.key, list(tokens), k, params if sampled else None, seed)
         except Exception as exc:  # noqa: BLE001 - any failure of the far side means "no drafts"
-            self.failures += 1
             logger.warning("draft service failed (%s): this step decodes without drafts", exc)
             return [], None
-        self.last_catchup_s, self.remote_s = result.catchup_s, result.draft_s
+        self.last_catchup_s = result.catchup_s
         return result.tokens, result.q
 
     def close(self) -> None:
