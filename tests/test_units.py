@@ -81,3 +81,14 @@ def test_any_int64_seed_gives_a_reproducible_stream():
     for seed in (-1, -(2**63), 0, 2**63 - 1):
         assert rng_for(seed).integers(1 << 30) == rng_for(seed).integers(1 << 30)
     assert rng_for(-1).integers(1 << 30) != rng_for(-2).integers(1 << 30)
+
+
+def test_a_tiny_positive_temperature_samples_the_top_token():
+    """Found by the fuzz test: temperature 2.2e-313 made logits / T overflow into NaN (a 500)."""
+    from core.llm.sampling import SamplingParams, sample, token_probs
+
+    logits = np.array([1.0, 3.0, -2.0, 3.0 - 1e-6], np.float32)
+    params = SamplingParams(temperature=2.2250738585e-313)
+    probs = token_probs(logits, params)
+    assert not np.isnan(probs).any() and probs[1] == 1.0
+    assert sample(logits, params, np.random.default_rng(0)) == 1

@@ -43,8 +43,10 @@ def token_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
         probs = np.zeros(logits.shape[-1])
         probs[int(np.argmax(logits))] = 1.0
         return probs
-    z = logits.astype(np.float64) / params.temperature
-    probs = np.exp(z - z.max())
+    # Shift before dividing: at a tiny temperature (any float > 0 is valid) logits / T overflow
+    # to inf and inf - inf is NaN; shifted, the top logit stays 0 and the rest go to -inf.
+    z = (logits.astype(np.float64) - logits.max()) / params.temperature
+    probs = np.exp(z)
     probs /= probs.sum()
     if params.top_p < 1.0:
         order = np.argsort(-probs)
