@@ -227,9 +227,11 @@ async def _chat_plain(client: httpx.AsyncClient, body: dict, rec: RequestRecord,
 
 
 async def chat_request(client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int,
-                       temperature: float, stream: bool, timeout_s: float) -> RequestRecord:
+                       temperature: float, stream: bool, timeout_s: float,
+                       extra_body: dict | None = None) -> RequestRecord:
     body: dict = {"model": model, "messages": [{"role": "user", "content": prompt}],
-                  "max_tokens": max_tokens, "temperature": temperature, "stream": stream}
+                  "max_tokens": max_tokens, "temperature": temperature, "stream": stream,
+                  **(extra_body or {})}
     if stream:
         body["stream_options"] = {"include_usage": True}
     rec = RequestRecord()
@@ -297,17 +299,18 @@ async def _closed_loop(send: Callable[[int], Awaitable[RequestRecord]], concurre
 async def run_chat_load(base_url: str, model: str, prompts: list[str], concurrency: int, max_tokens: int,
                         n_requests: int, temperature: float = 0.0, headers: dict | None = None,
                         stream: bool = True, timeout_s: float = 120.0, deadline_s: float = 600.0,
-                        warmup: int = 1, label: str = "") -> LoadResult:
+                        warmup: int = 1, label: str = "", extra_body: dict | None = None) -> LoadResult:
     """Closed-loop chat load. `warmup` requests go first, one at a time and unrecorded, so lazy
-    model loading or JIT on the server does not land in the first measured TTFT."""
+    model loading or JIT on the server does not land in the first measured TTFT. `extra_body`
+    adds fields to every request (e.g. ignore_eos)."""
     async with _client(base_url, concurrency, headers, timeout_s) as client:
         for i in range(warmup):
             await chat_request(client, model, prompts[i % len(prompts)], max_tokens, temperature,
-                               stream, timeout_s)
+                               stream, timeout_s, extra_body)
 
         async def send(i: int) -> RequestRecord:
             return await chat_request(client, model, prompts[i % len(prompts)], max_tokens, temperature,
-                                      stream, timeout_s)
+                                      stream, timeout_s, extra_body)
 
         records, wall = await _closed_loop(send, concurrency, n_requests, deadline_s)
     return LoadResult("chat", label or base_url, base_url, model, concurrency, n_requests, max_tokens,

