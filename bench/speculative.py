@@ -6,10 +6,11 @@ one run (round-robin per prompt, so load from other processes hits every configu
     python -m bench.speculative --quick    # a smoke run with fewer prompts and tokens
 
 Greedy decoding throughout (the exactness claim is about greedy): every speculative output is
-compared with its target's own output for the same prompt; a difference counts as a near-tie
-when the target's top-2 logit gap there is below the variant's GAP_THRESHOLD, whose basis (the
-batched-vs-one-token logit noise) is re-measured here. Times are end to end per request
-(prefill, the draft model's own prefill, drafting, verification); decode-only rates beside them.
+compared with its target's own output for the same prompt, and reported as counts: identical,
+diverged at a near-tie (a top-2 logit gap below the batched-vs-one-token logit noise measured
+here: 0 for graphs whose verification and decoding share their arithmetic), diverged otherwise.
+Times are end to end per request (prefill, the draft model's own prefill, drafting,
+verification); decode-only rates beside them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from core.llm.spec import (
     SpecStats,
 )
 from core.llm.spec import speculative_generate as spec_generate
-from core.llm.spec.exactness import GAP_THRESHOLD, compare, greedy_reference, logit_noise
+from core.llm.spec.exactness import compare, greedy_reference, logit_noise
 from core.llm.textgen import TextGenerator
 
 from .common import RESULTS, machine, markdown_table, write
@@ -231,9 +232,9 @@ def render(payload: dict) -> str:
         f"target alone; {len(exact['near_ties'])} diverge at a near-tie, {len(exact['failures'])} "
         "otherwise. Divergence gaps (target's top-2 logit gap at the first differing token): "
         + ("; ".join(f"{c}: {sorted(g)}" for c, g in gaps.items()) or "none") + ".", "",
-        "The claim: greedy speculative output equals the target's own greedy output token for token, "
-        "except that it may diverge where the target's top-2 logit gap is below "
-        f"{payload['gap_threshold']} (per target variant). Basis, measured here "
+        "The claim: greedy speculative output equals the target's own greedy output token for token; "
+        "a divergence counts as a near-tie only where the target's top-2 logit gap is below the noise "
+        f"measured here, {payload['gap_threshold']} (per target variant). Basis "
         "(batched verification vs one-token decoding, teacher-forced): "
         + "; ".join(f"{v}: a top-10 token gains at most {n['max_competitor_gain']} logits on the top "
                     f"token over {n['positions']} positions (max |dlogit| {n['max_abs_logit_diff']})"
@@ -241,10 +242,9 @@ def render(payload: dict) -> str:
         + " ".join(f"{v} target: {c['near_ties']} of {c['compared']} outputs diverge at a near-tie"
                    + (f" (largest gap {c['max_gap']})" if c["max_gap"] is not None else "") + "."
                    for v, c in divergence_by_target(payload).items()) + " "
-        "fp32 differs by float reassociation only. q4: MatMulNBits with int8 activations runs a "
-        "different kernel for one query row than for several (and different again by row tiling), "
-        "so its verification is not its decode arithmetic, and its near-ties are many (the same "
-        "holds already for q4's chunked prefill: the prompt's KV depends on the chunking).", "",
+        "The graphs run attention on the same kernel for one query token and for several "
+        "(core/build/llama.py), and the matmuls are row-invariant, so the noise is 0: any "
+        "divergence would be a bug.", "",
         "## Costs (this run)", "",
         f"Forward ms by query width (150 tokens of KV): {payload['forward_ms']}", "",
         "Cost model per pair (relative to one plain decode step of the target; calibrated, then "
@@ -376,6 +376,21 @@ def main() -> None:
                 print(f"{load} pass {rep + 1}/{args.repeats} prompt {i + 1}/{len(prompts)}", flush=True)
         results[load] = tallies
 
+    # the numerics the claim rests on: batched (widths 2, 3, 5, 9) vs one-token logits; a divergence
+    # counts as a near-tie only at a top-2 gap below what was measured here (0 when bit-identical)
+    noise = {}
+    for variant, gen in gens.items():
+        gains, maxabs = [], []
+        for load, (prompts, _) in loads.items():
+            for ids, out in list(zip(prompts, results[load][f"{variant} alone"].outputs, strict=True))[:4]:
+                for width in (2, 3, 5, 9):
+                    a, g = logit_noise(gen.runner, ids, out[:40], width)
+                    maxabs.extend(a)
+                    gains.extend(g)
+        noise[variant] = {"positions": len(gains), "max_abs_logit_diff": round(float(np.max(maxabs)), 6),
+                          "max_competitor_gain": round(float(np.max(gains)), 6),
+                          "p99_competitor_gain": round(float(np.quantile(gains, 0.99)), 6)}
+
     # exactness: every speculative output vs its target alone, near-ties measured where they differ
     exact = {"compared": 0, "identical": 0, "near_ties": [], "failures": [], "by_target": {}}
     for load, (prompts, max_tokens) in loads.items():
@@ -393,26 +408,10 @@ def main() -> None:
                     continue
                 ref, gaps = greedy_reference(gens[cfg.target].runner, ids, max_tokens, chat.stop_ids)
                 assert ref == base[i], "the plain path is not deterministic"
-                c = compare(ref, gaps, out, GAP_THRESHOLD[cfg.target])
+                c = compare(ref, gaps, out, noise[cfg.target]["max_competitor_gain"])
                 entry = {"config": cfg.name, "workload": load, "prompt": i, "position": c.first_diff,
                          "gap": None if c.gap_at_diff is None else round(c.gap_at_diff, 6)}
                 exact["near_ties" if c.near_tie else "failures"].append(entry)
-
-    # the numerics the near-tie claim rests on: batched (widths 2, 3, 5, 9) vs one-token logits
-    noise = {}
-    for variant, gen in gens.items():
-        gains, maxabs = [], []
-        for load, (prompts, _) in loads.items():
-            for ids, out in list(zip(prompts, results[load][f"{variant} alone"].outputs, strict=True))[:4]:
-                for width in (2, 3, 5, 9):
-                    a, g = logit_noise(gen.runner, ids, out[:40], width)
-                    maxabs.extend(a)
-                    gains.extend(g)
-        noise[variant] = {"positions": len(gains), "max_abs_logit_diff": round(float(np.max(maxabs)), 6),
-                          "max_competitor_gain": round(float(np.max(gains)), 6),
-                          "p99_competitor_gain": round(float(np.quantile(gains, 0.99)), 6),
-                          "gap_threshold": GAP_THRESHOLD[variant],
-                          "threshold_covers_noise": bool(np.max(gains) < GAP_THRESHOLD[variant])}
 
     costs_ms = {v: forward_costs(g.runner) for v, g in gens.items()}
     costs_ms.update({f"draft {v}": forward_costs(r, widths=(1, 2)) for v, r in drafts.items()})
@@ -456,7 +455,8 @@ def main() -> None:
         **_c16_results(),
         "best_by_target": by_target,
         "prompt_lookup_by_match_length": by_class,
-        "near_tie_count": len(exact["near_ties"]), "gap_threshold": GAP_THRESHOLD,
+        "near_tie_count": len(exact["near_ties"]),
+        "gap_threshold": {v: n["max_competitor_gain"] for v, n in noise.items()},
         "exactness": exact, "noise": noise, "forward_ms": costs_ms,
         "cost_models": {c.name: {"verify_ratio": {k: round(c.costs.verify_ratio(k), 3)
                                                   for k in range(c.k_max + 1)},

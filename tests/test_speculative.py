@@ -27,7 +27,7 @@ from core.llm.spec import (
     target_probs,
     verify_batch,
 )
-from core.llm.spec.exactness import GAP_THRESHOLD, compare, greedy_reference
+from core.llm.spec.exactness import compare, greedy_reference
 from core.llm.textgen import TextGenerator
 
 # chi-square critical values at p = 0.001 by degrees of freedom (no scipy here)
@@ -248,9 +248,10 @@ def reference(target, ids: list[int], max_tokens: int) -> tuple[list[int], list[
 
 
 def check_greedy_exactness(target, prompts, make_drafter, k) -> dict:
-    """Speculative greedy vs the target alone (plain one-token decoding) on every prompt."""
+    """Speculative greedy vs the target alone (plain one-token decoding) on every prompt: token for
+    token, with no near-tie allowed (verification and decoding share their arithmetic)."""
     chat = target.chat
-    threshold = GAP_THRESHOLD[target.variant]
+    threshold = 0.0
     stats, identical, near_ties, failures = SpecStats(), 0, [], []
     for ids, max_tokens in prompts:
         ref, gaps = reference(target, ids, max_tokens)
@@ -273,21 +274,20 @@ def check_greedy_exactness(target, prompts, make_drafter, k) -> dict:
 def test_greedy_fp32_target_q4_draft_is_exact(fp32_generator, generator, prompts):
     assert len(prompts) >= 20
     res = check_greedy_exactness(fp32_generator, prompts, lambda: ModelDrafter(generator.runner), k=4)
-    # fp32's batched-vs-single noise is ~1e-5 logits: near-ties are rare, identical is the rule
-    assert res["identical"] >= len(prompts) - 1, res
+    assert res["identical"] == len(prompts), res
     assert res["stats"].acceptance_rate > 0.6
 
 
 def test_greedy_prompt_lookup_fp32_target_is_exact(fp32_generator, prompts):
     res = check_greedy_exactness(fp32_generator, prompts, PromptLookupDrafter, k=6)
-    assert res["identical"] >= len(prompts) - 1, res
+    assert res["identical"] == len(prompts), res
 
 
-def test_greedy_prompt_lookup_q4_target_is_exact_up_to_near_ties(generator, prompts):
-    # q4's 1-row and multi-row int8 kernels differ (a competitor gains up to ~1 logit, measured):
-    # divergences are allowed only where the target's own top-2 gap is below GAP_THRESHOLD["q4"]
+def test_greedy_prompt_lookup_q4_target_is_exact(generator, prompts):
+    # int8 activations magnify any difference between the 1-row and k-row paths into flipped
+    # near-ties: this holds only because the graphs make the two paths the same arithmetic
     res = check_greedy_exactness(generator, prompts, PromptLookupDrafter, k=6)
-    assert res["identical"] >= len(prompts) // 2, res
+    assert res["identical"] == len(prompts), res
 
 
 def test_step_rolls_back_the_target_kv_and_the_drafter_catches_up(fp32_generator, generator):

@@ -8,6 +8,18 @@ Interface of the built model (B batch rows, S new tokens per row, right-padded; 
   outputs  logits [B,L,V]; present_key.{i}, present_value.{i} [B,KV,P+S,D]
 Positions are implicit: row b's new tokens sit at seqlens_k[b]+1-query_lens[b] onwards.
 
+Batch invariance: a row's logits are bit-identical whether it decodes alone, in a batch of any
+size, or as one of several query tokens of a verification step (speculative decoding). The only
+kernel whose arithmetic depended on that was attention: ORT's CPU GroupQueryAttention runs its
+QK' and PV products through MLAS's one-row GEMM kernel for a single query token and the tiled
+kernel for several, which sum in different orders; the int8 activations of the quantized
+matmuls then magnify the difference into flipped near-ties. So every attention call gets one
+extra, all-zero query token after the real ones: a decode step is then a two-token step, always
+on the tiled kernel, while the projections and MLP still see only the real tokens. The extra
+token's key/value land one position past the row's valid KV and are overwritten by the next
+token (KV buffers keep one position of headroom for it); causal masking hides it from the real
+queries.
+
 Rotary embedding is applied in GGUF's interleaved layout: llama.cpp permuted the Q/K rows for it,
 and Q.K is unchanged when both sides share that permutation, so nothing is un-permuted.
 
@@ -83,6 +95,8 @@ class LlamaBuilder:
         g, c = self.g, self.cfg
         qkv = self.linear(x, self._fused([f"blk.{i}.attn_{p}.weight" for p in "qkv"]), f"l{i}.qkv")
         seqlens_k, total_len, query_lens = lens
+        # The extra zero query token (see the module docstring): same kernel for every width.
+        qkv = g.op("Concat", [qkv, self.zero_token], axis=1)
         # One fused kernel: rotary, KV append, grouped-query causal attention over right-padded rows.
         ctx = g.op("GroupQueryAttention",
                    [qkv, "", "", f"past_key.{i}", f"past_value.{i}", seqlens_k, total_len, cos, sin,
@@ -91,7 +105,8 @@ class LlamaBuilder:
                    kv_num_heads=c.n_kv_heads, do_rotary=1, rotary_interleaved=1)
         g.nodes[-1].output[1] = f"present_key.{i}"
         g.nodes[-1].output[2] = f"present_value.{i}"
-        return self.linear(ctx[0], self.w[f"blk.{i}.attn_output.weight"], f"l{i}.o")
+        real = g.op("Slice", [ctx[0], g.const([0]), g.const([-1]), g.const([1])])
+        return self.linear(real, self.w[f"blk.{i}.attn_output.weight"], f"l{i}.o")
 
     def mlp(self, i: int, x: str) -> str:
         g = self.g
@@ -110,8 +125,14 @@ class LlamaBuilder:
         g, c = self.g, self.cfg
         kv, d = c.n_kv_heads, c.head_dim
         ids = g.input("input_ids", INT64, ["batch", "seq"])
-        lens = (g.input("seqlens_k", INT32, ["batch"]), g.input("total_seq_len", INT32, []),
-                g.input("query_lens", INT32, ["batch"]))
+        # Attention sees each row's tokens plus the extra zero token: one more of everything.
+        one = g.const(1, np.int32)
+        lens = tuple(g.op("Add", [g.input(name, INT32, shape), one]) for name, shape in
+                     (("seqlens_k", ["batch"]), ("total_seq_len", []), ("query_lens", ["batch"])))
+        qkv_width = (c.n_heads + 2 * c.n_kv_heads) * d
+        self.zero_token = g.op("ConstantOfShape", [g.op("Concat", [
+            g.op("Shape", [ids], start=0, end=1), g.const([1, qkv_width])], axis=0)],
+            value=onnx.helper.make_tensor("zero", FLOAT, [1], [0.0]))
         logits_idx = g.input("logits_idx", INT64, ["batch", "n_logits", 1])
         for i in range(c.n_layers):
             g.input(f"past_key.{i}", FLOAT, ["batch", kv, "past", d])

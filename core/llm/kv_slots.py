@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
+# Positions past `capacity` that the graph may write into: its extra attention token's KV
+# (core/build/llama.py) lands one past a row's valid tokens, which may be the last usable one.
+HEADROOM = 1
+
 
 class KVSlots:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, n_slots: int, capacity: int):
-        shape = (n_slots, n_kv_heads, capacity, head_dim)
+        shape = (n_slots, n_kv_heads, capacity + HEADROOM, head_dim)
         self.keys = [np.zeros(shape, np.float32) for _ in range(n_layers)]
         self.values = [np.zeros(shape, np.float32) for _ in range(n_layers)]
         self.lens = np.zeros(n_slots, np.int64)
