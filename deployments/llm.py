@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
@@ -28,33 +26,6 @@ from core.llm.textgen import TextGenerator
 from .draft import DraftClient
 
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
-
-
-class EngineArgs(BaseModel):
-    """Engine limits, from the app's args (`engine:`); max_running=1 is one-at-a-time serving."""
-
-    model_config = ConfigDict(extra="forbid")
-    max_running: int = Field(16, ge=1, le=256)
-    max_waiting: int = Field(64, ge=0)
-    max_prefill_tokens: int = Field(512, ge=16)
-    max_seq_len: int = Field(4096, ge=64)
-    prefix_cache_mb: int = Field(512, ge=0, description="KV kept for prefix reuse; 0 = off")
-    prefix_block_size: int = Field(16, ge=1, le=256)
-    speculative: Literal["ngram", "model"] | None = Field(
-        None, description="speculative decoding: prompt lookup, or a draft model (draft_variant)")
-    draft_variant: str = Field("q4", description="built LM variant that drafts for the target")
-    draft_placement: Literal["replica", "deployment"] = Field(
-        "replica", description="draft model in the target's replica (no hop per step), or its own "
-                               "deployment (other hardware: e.g. a CPU draft for a GPU target)")
-    spec_k_max: int = Field(8, ge=1, le=16)
-    spec_max_batch: int = Field(1, ge=1, description="speculate while at most this many decode")
-
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(max_running=self.max_running, max_waiting=self.max_waiting,
-                            max_prefill_tokens=self.max_prefill_tokens, max_seq_len=self.max_seq_len,
-                            prefix_cache_bytes=self.prefix_cache_mb << 20,
-                            prefix_block_size=self.prefix_block_size, speculative=self.speculative,
-                            spec_k_max=self.spec_k_max, spec_max_batch=self.spec_max_batch)
 
 
 class EngineMetrics:
@@ -126,7 +97,7 @@ class LLMDeployment:
     def __init__(self, variant: str = SERVED_VARIANT, threads: int | None = None, spinning: bool = False,
                  device: str = "auto", engine: dict | None = None,
                  draft_deployment: DeploymentHandle | None = None) -> None:
-        args = EngineArgs(**(engine or {}))
+        args = EngineConfig(**(engine or {}))
         local_draft = args.speculative == "model" and args.draft_placement == "replica"
         # Two sessions alternating in one process: spin within a run, park after it.
         generator = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
@@ -139,7 +110,7 @@ class LLMDeployment:
             if draft_deployment is None:
                 raise ValueError("draft_placement 'deployment' needs the DraftDeployment's handle")
             draft = DraftClient(draft_deployment)
-        self.engine = LLMEngine(generator.runner, generator.chat, args.engine_config(), draft)
+        self.engine = LLMEngine(generator.runner, generator.chat, args, draft)
         self.metrics = EngineMetrics()
         self.engine.on_step = self._on_step
         self.engine.start()
