@@ -18,7 +18,7 @@ from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
-from core.cache import CacheConfig, CacheStore, RequestKeys
+from core.cache import CacheConfig, CacheStore, LookupMode, RequestKeys
 from core.embedder import Embedder
 
 LOOKUP_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 250, 500]
@@ -77,7 +77,7 @@ class CacheDeployment:
     async def _purge_forever(self) -> None:
         while True:
             await asyncio.sleep(self.args.purge_interval_s)
-            await asyncio.to_thread(self.store.purge_expired)
+            await self.store.purge_expired()
             stats = self.store.stats()
             self.entries.set(stats.entries)
             self.errors.set(stats.errors)
@@ -88,12 +88,11 @@ class CacheDeployment:
         Exact first (no embedding needed); the prompt is embedded only for the semantic try,
         and the embedding comes back so the caller can store its answer under it."""
         start = time.perf_counter()
-        semantic = bool(keys.semantic_text)  # then the entry lives in the semantic collection
-        hit = await self.store.alookup(keys.exact, keys.partition, None, None, semantic=semantic)
+        hit = await self.store.lookup(keys, LookupMode.EXACT)
         embedding = None
-        if hit is None and semantic:
+        if hit is None and keys.semantic_text:
             embedding = await self._embed(keys.semantic_text)
-            hit = await self.store.alookup(None, keys.partition, embedding, keys.semantic_text)
+            hit = await self.store.lookup(keys, LookupMode.SEMANTIC, embedding)
         self.latency.observe((time.perf_counter() - start) * 1000)
         self.lookups.inc(tags={"result": f"hit-{hit.kind}" if hit else "miss"})
         return ({"kind": hit.kind, "body": hit.body, "similarity": hit.similarity,
@@ -111,13 +110,12 @@ class CacheDeployment:
         if embedding is None and keys.semantic_text:
             embedding = await self._embed(keys.semantic_text)
         expires_at = time.time() + self.args.ttl_s  # no later than the store's own stamp
-        stored = await self.store.aput(keys.exact, keys.partition, embedding, keys.semantic_text, body,
-                                       self.args.ttl_s, model=model)
+        stored = await self.store.put(keys, body, embedding, self.args.ttl_s, model=model)
         return expires_at if stored else None
 
     async def invalidate(self, model: str | None = None) -> int:
         try:
-            return await asyncio.to_thread(self.store.invalidate, model)
+            return await self.store.invalidate(model)
         finally:  # near caches drop everything, whatever the store managed
             self._invalidations += 1
             self._invalidated.set()
