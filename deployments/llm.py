@@ -117,10 +117,11 @@ class LLMDeployment:
 
     def _on_step(self, step: StepStats) -> None:
         self.metrics.record(step)
-        if self.engine.prefix_cache is not None and step.kind == "prefill":
-            self.metrics.record_prefix(self.engine.prefix_cache.stats)
-        if self.engine.spec is not None and step.kind == "decode":
-            self.metrics.record_spec(self.engine.spec.stats)
+        engine = self.engine.stats()
+        if engine.prefix_cache is not None and step.kind == "prefill":
+            self.metrics.record_prefix(engine.prefix_cache)
+        if engine.speculative is not None and step.kind == "decode":
+            self.metrics.record_spec(engine.speculative)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _admit(self, requests: list[tuple[list[int], dict]]) -> list[tuple]:
@@ -167,15 +168,13 @@ class LLMDeployment:
 
     def stats(self) -> dict:
         """Engine occupancy, for operators and tests: running/waiting sequences, KV bytes."""
-        running, waiting = self.engine.counts()
-        cache = self.engine.prefix_cache
-        spec = self.engine.spec.stats.as_dict() if self.engine.spec else None
-        return {"running": running, "waiting": waiting, "speculative": spec,
-                "kv_slot_bytes": self.engine.slots.bytes_in_use(),
-                "prefix_cache_bytes": cache.bytes_in_use if cache else 0}
+        engine = self.engine.stats()
+        return {"running": engine.running, "waiting": engine.waiting,
+                "speculative": engine.speculative.as_dict() if engine.speculative else None,
+                "kv_slot_bytes": engine.kv_slot_bytes, "prefix_cache_bytes": engine.prefix_cache_bytes}
 
     def check_health(self) -> None:
-        if self.engine._thread is None or not self.engine._thread.is_alive():
+        if not self.engine.is_alive():
             raise RuntimeError("the engine thread has stopped")
 
     def __del__(self) -> None:

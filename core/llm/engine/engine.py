@@ -22,8 +22,9 @@ from ..chat_tokenizer import ChatTokenizer, PromptTooLong
 from ..detokenizer import StreamDecoder
 from ..kv_slots import KVSlots
 from ..model_runner import ModelRunner
-from ..prefix_cache import PrefixCache
+from ..prefix_cache import PrefixCache, PrefixCacheStats
 from ..sampling import SamplingParams, sample
+from ..spec import SpecStats
 from .scheduler import Scheduler, Work
 from .sequence import Output, Sequence, Status
 from .speculation import DraftService, Speculation
@@ -84,6 +85,18 @@ class StepStats:
     kv_bytes: int  # KV held: running sequences plus the prefix cache
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """What operators and metrics read of a running engine."""
+
+    running: int
+    waiting: int
+    kv_slot_bytes: int
+    prefix_cache_bytes: int
+    prefix_cache: PrefixCacheStats | None  # cumulative; None: prefix cache off
+    speculative: SpecStats | None  # cumulative; None: no speculative decoding
+
+
 class LLMEngine:
     def __init__(self, runner: ModelRunner, chat: ChatTokenizer, config: EngineConfig,
                  draft: ModelRunner | DraftService | None = None) -> None:
@@ -128,6 +141,20 @@ class LLMEngine:
         """(running, waiting)"""
         return len(self.scheduler.active), len(self.scheduler.waiting)
 
+    def stats(self) -> EngineStats:
+        with self._lock:
+            running, waiting = self.counts()
+            return EngineStats(running, waiting, self.slots.bytes_in_use(), self._prefix_cache_bytes(),
+                               self.prefix_cache.stats if self.prefix_cache else None,
+                               self.spec.stats if self.spec else None)
+
+    def is_alive(self) -> bool:
+        """The engine thread is stepping (started and not dead)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _prefix_cache_bytes(self) -> int:
+        return self.prefix_cache.bytes_in_use if self.prefix_cache else 0
+
     # -- stepping (engine thread) ------------------------------------------------------------
     def step(self) -> bool:
         with self._lock:
@@ -157,8 +184,7 @@ class LLMEngine:
                 (itls.append(seq.last_token_at - before) if before is not None
                  else ttfts.append(seq.last_token_at - seq.arrival))
             running, waiting = self.counts()
-            kv_bytes = self.slots.bytes_in_use() + (self.prefix_cache.bytes_in_use
-                                                    if self.prefix_cache else 0)
+            kv_bytes = self.slots.bytes_in_use() + self._prefix_cache_bytes()
         if self.on_step:
             self.on_step(StepStats(work.kind, len(work.seqs), sum(work.chunks),
                                    time.perf_counter() - start, running, waiting, ttfts, itls,
@@ -182,8 +208,7 @@ class LLMEngine:
                     itls.append((seq.last_token_at - before) / max(len(result.tokens), 1))
         with self._lock:
             running, waiting = self.counts()
-            kv_bytes = self.slots.bytes_in_use() + (self.prefix_cache.bytes_in_use
-                                                    if self.prefix_cache else 0)
+            kv_bytes = self.slots.bytes_in_use() + self._prefix_cache_bytes()
         if self.on_step:
             self.on_step(StepStats("decode", len(work.seqs), emitted, time.perf_counter() - start,
                                    running, waiting, [], itls, kv_bytes))
