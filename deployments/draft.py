@@ -17,13 +17,15 @@ from core.llm.sampling import SamplingParams
 from core.llm.spec.draft_server import Drafts, DraftServer
 from core.llm.textgen import TextGenerator
 
+from .models import built_variant_dir
+
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class DraftDeployment:
     def __init__(self, variant: str = "q4", threads: int | None = None, spinning: bool = False,
                  device: str = "auto", n_slots: int = 16, max_seq_len: int = 4096) -> None:
-        runner = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
-                                    device=device).runner
+        runner = TextGenerator(built_variant_dir(variant), variant, threads=threads, spinning=spinning,
+                               device=device).runner
         self.server = DraftServer(runner, n_slots, max_seq_len)
         self.server.slots.prefault()  # first touch of the KV buffers now, not in a request
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft")  # off the event loop

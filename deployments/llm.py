@@ -24,6 +24,7 @@ from core.llm.spec import SpecStats
 from core.llm.textgen import TextGenerator
 
 from .draft import DraftClient
+from .models import built_variant_dir
 
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
 
@@ -100,12 +101,13 @@ class LLMDeployment:
         args = EngineConfig(**(engine or {}))
         local_draft = args.speculative == "model" and args.draft_placement == "replica"
         # Two sessions alternating in one process: spin within a run, park after it.
-        generator = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
-                                       device=device, park_after_run=local_draft)
+        generator = TextGenerator(built_variant_dir(variant), variant, threads=threads,
+                                  spinning=spinning, device=device, park_after_run=local_draft)
         draft = None
         if local_draft:  # draft and target in one replica: no hop per draft
-            draft = TextGenerator.load(variant=args.draft_variant, threads=threads, spinning=spinning,
-                                       device=device, park_after_run=True).runner
+            draft = TextGenerator(built_variant_dir(args.draft_variant), args.draft_variant,
+                                  threads=threads, spinning=spinning, device=device,
+                                  park_after_run=True).runner
         elif args.speculative == "model":
             if draft_deployment is None:
                 raise ValueError("draft_placement 'deployment' needs the DraftDeployment's handle")
