@@ -2,7 +2,7 @@
 
 For a draft on other hardware than its target (a CPU draft beside a GPU target, or a small GPU
 slice). Each speculative step of the target's engine is one call here; the draft keeps a KV slot
-per sequence (core.llm.spec.draft_server), so a call feeds only the tokens it has not seen.
+per sequence (core.llm.speculative.draft_server), so a call feeds only the tokens it has not seen.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from core.llm.sampling import SamplingParams
-from core.llm.spec.draft_server import Drafts, DraftServer
+from core.llm.speculative.draft_server import Drafts, DraftServer
 from core.llm.textgen import TextGenerator
 
 from .models import built_variant_dir

@@ -20,7 +20,7 @@ from core.llm.engine import EngineConfig, LLMEngine, Sequence
 from core.llm.engine.engine import StepStats
 from core.llm.prefix_cache import PrefixCacheStats
 from core.llm.sampling import SamplingParams
-from core.llm.spec import SpecStats
+from core.llm.speculative import SpecStats
 from core.llm.textgen import TextGenerator
 
 from .draft import DraftClient

@@ -24,7 +24,7 @@ from ..kv_slots import KVSlots
 from ..model_runner import ModelRunner
 from ..prefix_cache import PrefixCache, PrefixCacheStats
 from ..sampling import SamplingParams, sample
-from ..spec import SpecStats
+from ..speculative import SpecStats
 from .scheduler import Scheduler, Work
 from .sequence import Output, Sequence, Status
 from .speculation import DraftService, Speculation
