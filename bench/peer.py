@@ -136,10 +136,12 @@ def engine_alone_b1(prompt: str, repeats: int = 3) -> dict:
     from core.llm.engine import EngineConfig, LLMEngine
     from core.llm.sampling import SamplingParams
     from core.llm.textgen import TextGenerator
+    from deployments.models import built_variant_dir
 
     local = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]["args"]
-    gen = TextGenerator.load(variant=local.get("llm_variant", SERVED_VARIANT),
-                             spinning=local.get("llm_spinning", False))
+    variant = local.get("llm_variant", SERVED_VARIANT)
+    gen = TextGenerator(built_variant_dir(variant), variant=variant,
+                        spinning=local.get("llm_spinning", False))
     engine = LLMEngine(gen.runner, gen.chat, EngineConfig(max_running=1, prefix_cache_bytes=0,
                                                           max_seq_len=1024))
     ids = gen.chat.encode(gen.chat.chat_prompt([{"role": "user", "content": prompt}]))

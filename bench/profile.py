@@ -37,9 +37,11 @@ def engine_split(streams: int, prompts: list[str]) -> dict:
     from core.llm.engine import EngineConfig, LLMEngine
     from core.llm.sampling import SamplingParams
     from core.llm.textgen import TextGenerator
+    from deployments.models import built_variant_dir
 
     args = served_args()
-    gen = TextGenerator.load(variant=args["llm_variant"], spinning=args.get("llm_spinning", False))
+    gen = TextGenerator(built_variant_dir(args["llm_variant"]), variant=args["llm_variant"],
+                        spinning=args.get("llm_spinning", False))
     engine = LLMEngine(gen.runner, gen.chat, EngineConfig(max_running=streams, prefix_cache_bytes=0,
                                                           max_seq_len=1024))
     run_s: list[float] = []

@@ -9,6 +9,7 @@ stored) and from the store itself (the same store reopened by an app with the ne
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -63,7 +64,7 @@ def fill(data_dir: Path, n: int, partition: str) -> float:
                 {"choices": [{"message": {"content": "filler"}}]}) for i in range(n)]
     start = time.perf_counter()
     with CacheStore(CacheConfig(data_dir=data_dir, max_entries_per_partition=10**7)) as store:
-        store.put_many(partition, entries, model=LLM_ID)
+        asyncio.run(store.put_many(partition, entries, model=LLM_ID))
     return time.perf_counter() - start
 
 

@@ -26,15 +26,15 @@ import numpy as np
 
 from core.build.artifacts import build_llm
 from core.llm.sampling import SamplingParams
-from core.llm.spec import (
+from core.llm.speculative import (
     AdaptiveK,
     CostModel,
     ModelDrafter,
     PromptLookupDrafter,
     SpecStats,
 )
-from core.llm.spec import speculative_generate as spec_generate
-from core.llm.spec.exactness import compare, greedy_reference, logit_noise
+from core.llm.speculative import speculative_generate as spec_generate
+from core.llm.speculative.exactness import compare, greedy_reference, logit_noise
 from core.llm.textgen import TextGenerator
 
 from .common import RESULTS, machine, markdown_table, write

@@ -13,43 +13,46 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
-from core.cache import DEFAULT_THRESHOLD, CacheConfig, CacheStore, RequestKeys
+from core.cache import CacheConfig, CacheStore, LookupMode, RequestKeys
 from core.embedder import Embedder
 
 LOOKUP_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 250, 500]
 
 
-class CacheArgs(BaseModel):
-    """`cache:` in the app's args. A chroma server is used when host is set (or CHROMA_HOST)."""
+class CacheArgs(CacheConfig):
+    """`cache:` in the app's args: the store's CacheConfig plus this deployment's own settings.
 
-    model_config = ConfigDict(extra="forbid")
+    Where the store lives is resolved in the replica (store_config), not when the app is built:
+    CHROMA_HOST differs between the head and the workers, and so may the home directory.
+    """
+
     enabled: bool = True
-    data_dir: str | None = Field(None, description="embedded store; default ~/.cache/effserve/chroma")
-    host: str | None = None
-    port: int = Field(8000, ge=1, le=65535)
-    threshold: float = Field(DEFAULT_THRESHOLD, gt=0.0, le=1.0)
-    ttl_s: float = Field(3600.0, gt=0.0)
-    max_entries_per_partition: int = Field(10_000, ge=1)
-    timeout_s: float = Field(0.25, gt=0.0, description="a slower store is skipped, served uncached")
     purge_interval_s: float = Field(60.0, gt=0.0)
     embed_in_cache: bool = Field(True, description="embed lookup prompts in the cache replica (no hop "
                                                    "to the embedder deployment: ~7 ms less per miss)")
     near_cache_entries: int = Field(4096, ge=0, description="exact hits kept in each ingress replica "
                                                             "(no hop to the store); 0 = off")
 
+    @model_validator(mode="after")
+    def _one_location(self) -> CacheArgs:  # replaces CacheConfig's: neither set = the default dir
+        if self.data_dir is not None and self.host is not None:
+            raise ValueError("set at most one of data_dir (embedded) or host (server)")
+        return self
+
     def store_config(self) -> CacheConfig:
+        """The store's config, located: host (or CHROMA_HOST) is a server, else a directory."""
+        store = self.model_dump(include=set(CacheConfig.model_fields), exclude={"data_dir", "host"})
         host = self.host or os.environ.get("CHROMA_HOST")
-        common = {"threshold": self.threshold, "ttl_s": self.ttl_s, "timeout_s": self.timeout_s,
-                  "max_entries_per_partition": self.max_entries_per_partition}
         if host:
-            return CacheConfig(host=host, port=int(os.environ.get("CHROMA_PORT", self.port)), **common)
+            return CacheConfig(**{**store, "host": host,
+                                  "port": int(os.environ.get("CHROMA_PORT", self.port))})
         default_dir = Path.home() / ".cache" / "effserve" / "chroma"
-        return CacheConfig(data_dir=Path(self.data_dir or default_dir).expanduser(), **common)
+        return CacheConfig(**store, data_dir=Path(self.data_dir or default_dir).expanduser())
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
@@ -74,7 +77,7 @@ class CacheDeployment:
     async def _purge_forever(self) -> None:
         while True:
             await asyncio.sleep(self.args.purge_interval_s)
-            await asyncio.to_thread(self.store.purge_expired)
+            await self.store.purge_expired()
             stats = self.store.stats()
             self.entries.set(stats.entries)
             self.errors.set(stats.errors)
@@ -85,12 +88,11 @@ class CacheDeployment:
         Exact first (no embedding needed); the prompt is embedded only for the semantic try,
         and the embedding comes back so the caller can store its answer under it."""
         start = time.perf_counter()
-        semantic = bool(keys.semantic_text)  # then the entry lives in the semantic collection
-        hit = await self.store.alookup(keys.exact, keys.partition, None, None, semantic=semantic)
+        hit = await self.store.lookup(keys, LookupMode.EXACT)
         embedding = None
-        if hit is None and semantic:
+        if hit is None and keys.semantic_text:
             embedding = await self._embed(keys.semantic_text)
-            hit = await self.store.alookup(None, keys.partition, embedding, keys.semantic_text)
+            hit = await self.store.lookup(keys, LookupMode.SEMANTIC, embedding)
         self.latency.observe((time.perf_counter() - start) * 1000)
         self.lookups.inc(tags={"result": f"hit-{hit.kind}" if hit else "miss"})
         return ({"kind": hit.kind, "body": hit.body, "similarity": hit.similarity,
@@ -108,13 +110,12 @@ class CacheDeployment:
         if embedding is None and keys.semantic_text:
             embedding = await self._embed(keys.semantic_text)
         expires_at = time.time() + self.args.ttl_s  # no later than the store's own stamp
-        stored = await self.store.aput(keys.exact, keys.partition, embedding, keys.semantic_text, body,
-                                       self.args.ttl_s, model=model)
+        stored = await self.store.put(keys, body, embedding, self.args.ttl_s, model=model)
         return expires_at if stored else None
 
     async def invalidate(self, model: str | None = None) -> int:
         try:
-            return await asyncio.to_thread(self.store.invalidate, model)
+            return await self.store.invalidate(model)
         finally:  # near caches drop everything, whatever the store managed
             self._invalidations += 1
             self._invalidated.set()

@@ -2,7 +2,7 @@
 
 For a draft on other hardware than its target (a CPU draft beside a GPU target, or a small GPU
 slice). Each speculative step of the target's engine is one call here; the draft keeps a KV slot
-per sequence (core.llm.spec.draft_server), so a call feeds only the tokens it has not seen.
+per sequence (core.llm.speculative.draft_server), so a call feeds only the tokens it has not seen.
 """
 
 from __future__ import annotations
@@ -14,16 +14,18 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from core.llm.sampling import SamplingParams
-from core.llm.spec.draft_server import Drafts, DraftServer
+from core.llm.speculative.draft_server import Drafts, DraftServer
 from core.llm.textgen import TextGenerator
+
+from .models import built_variant_dir
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class DraftDeployment:
     def __init__(self, variant: str = "q4", threads: int | None = None, spinning: bool = False,
                  device: str = "auto", n_slots: int = 16, max_seq_len: int = 4096) -> None:
-        runner = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
-                                    device=device).runner
+        runner = TextGenerator(built_variant_dir(variant), variant, threads=threads, spinning=spinning,
+                               device=device).runner
         self.server = DraftServer(runner, n_slots, max_seq_len)
         self.server.slots.prefault()  # first touch of the KV buffers now, not in a request
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft")  # off the event loop

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
@@ -22,39 +20,13 @@ from core.llm.engine import EngineConfig, LLMEngine, Sequence
 from core.llm.engine.engine import StepStats
 from core.llm.prefix_cache import PrefixCacheStats
 from core.llm.sampling import SamplingParams
-from core.llm.spec import SpecStats
+from core.llm.speculative import SpecStats
 from core.llm.textgen import TextGenerator
 
 from .draft import DraftClient
+from .models import built_variant_dir
 
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
-
-
-class EngineArgs(BaseModel):
-    """Engine limits, from the app's args (`engine:`); max_running=1 is one-at-a-time serving."""
-
-    model_config = ConfigDict(extra="forbid")
-    max_running: int = Field(16, ge=1, le=256)
-    max_waiting: int = Field(64, ge=0)
-    max_prefill_tokens: int = Field(512, ge=16)
-    max_seq_len: int = Field(4096, ge=64)
-    prefix_cache_mb: int = Field(512, ge=0, description="KV kept for prefix reuse; 0 = off")
-    prefix_block_size: int = Field(16, ge=1, le=256)
-    speculative: Literal["ngram", "model"] | None = Field(
-        None, description="speculative decoding: prompt lookup, or a draft model (draft_variant)")
-    draft_variant: str = Field("q4", description="built LM variant that drafts for the target")
-    draft_placement: Literal["replica", "deployment"] = Field(
-        "replica", description="draft model in the target's replica (no hop per step), or its own "
-                               "deployment (other hardware: e.g. a CPU draft for a GPU target)")
-    spec_k_max: int = Field(8, ge=1, le=16)
-    spec_max_batch: int = Field(1, ge=1, description="speculate while at most this many decode")
-
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(max_running=self.max_running, max_waiting=self.max_waiting,
-                            max_prefill_tokens=self.max_prefill_tokens, max_seq_len=self.max_seq_len,
-                            prefix_cache_bytes=self.prefix_cache_mb << 20,
-                            prefix_block_size=self.prefix_block_size, speculative=self.speculative,
-                            spec_k_max=self.spec_k_max, spec_max_batch=self.spec_max_batch)
 
 
 class EngineMetrics:
@@ -126,30 +98,32 @@ class LLMDeployment:
     def __init__(self, variant: str = SERVED_VARIANT, threads: int | None = None, spinning: bool = False,
                  device: str = "auto", engine: dict | None = None,
                  draft_deployment: DeploymentHandle | None = None) -> None:
-        args = EngineArgs(**(engine or {}))
+        args = EngineConfig(**(engine or {}))
         local_draft = args.speculative == "model" and args.draft_placement == "replica"
         # Two sessions alternating in one process: spin within a run, park after it.
-        generator = TextGenerator.load(variant=variant, threads=threads, spinning=spinning,
-                                       device=device, park_after_run=local_draft)
+        generator = TextGenerator(built_variant_dir(variant), variant, threads=threads,
+                                  spinning=spinning, device=device, park_after_run=local_draft)
         draft = None
         if local_draft:  # draft and target in one replica: no hop per draft
-            draft = TextGenerator.load(variant=args.draft_variant, threads=threads, spinning=spinning,
-                                       device=device, park_after_run=True).runner
+            draft = TextGenerator(built_variant_dir(args.draft_variant), args.draft_variant,
+                                  threads=threads, spinning=spinning, device=device,
+                                  park_after_run=True).runner
         elif args.speculative == "model":
             if draft_deployment is None:
                 raise ValueError("draft_placement 'deployment' needs the DraftDeployment's handle")
             draft = DraftClient(draft_deployment)
-        self.engine = LLMEngine(generator.runner, generator.chat, args.engine_config(), draft)
+        self.engine = LLMEngine(generator.runner, generator.chat, args, draft)
         self.metrics = EngineMetrics()
         self.engine.on_step = self._on_step
         self.engine.start()
 
     def _on_step(self, step: StepStats) -> None:
         self.metrics.record(step)
-        if self.engine.prefix_cache is not None and step.kind == "prefill":
-            self.metrics.record_prefix(self.engine.prefix_cache.stats)
-        if self.engine.spec is not None and step.kind == "decode":
-            self.metrics.record_spec(self.engine.spec.stats)
+        engine = self.engine.stats()
+        if engine.prefix_cache is not None and step.kind == "prefill":
+            self.metrics.record_prefix(engine.prefix_cache)
+        if engine.speculative is not None and step.kind == "decode":
+            self.metrics.record_spec(engine.speculative)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _admit(self, requests: list[tuple[list[int], dict]]) -> list[tuple]:
@@ -196,15 +170,13 @@ class LLMDeployment:
 
     def stats(self) -> dict:
         """Engine occupancy, for operators and tests: running/waiting sequences, KV bytes."""
-        running, waiting = self.engine.counts()
-        cache = self.engine.prefix_cache
-        spec = self.engine.spec.stats.as_dict() if self.engine.spec else None
-        return {"running": running, "waiting": waiting, "speculative": spec,
-                "kv_slot_bytes": self.engine.slots.bytes_in_use(),
-                "prefix_cache_bytes": cache.bytes_in_use if cache else 0}
+        engine = self.engine.stats()
+        return {"running": engine.running, "waiting": engine.waiting,
+                "speculative": engine.speculative.as_dict() if engine.speculative else None,
+                "kv_slot_bytes": engine.kv_slot_bytes, "prefix_cache_bytes": engine.prefix_cache_bytes}
 
     def check_health(self) -> None:
-        if self.engine._thread is None or not self.engine._thread.is_alive():
+        if not self.engine.is_alive():
             raise RuntimeError("the engine thread has stopped")
 
     def __del__(self) -> None:

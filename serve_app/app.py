@@ -10,10 +10,11 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from core.build.artifacts import SERVED_VARIANT
+from core.llm.engine import EngineConfig
 from deployments.cache import CacheArgs, CacheDeployment
 from deployments.draft import DraftDeployment
 from deployments.embedder import EmbedderDeployment
-from deployments.llm import EngineArgs, LLMDeployment
+from deployments.llm import LLMDeployment
 
 from .ingress import Ingress
 
@@ -32,7 +33,7 @@ class AppArgs(BaseModel):
     llm_spinning: bool = Field(False, description="ORT thread spinning: ~1.4x at batch 1 on cores of "
                                                         "its own, 2x slower when anything shares them")
     embedder_threads: int | None = Field(None, ge=1)
-    engine: EngineArgs = Field(default_factory=EngineArgs)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     cache: CacheArgs = Field(default_factory=CacheArgs)
     api_keys: dict[str, str] | None = Field(None, description="API key -> tenant; also env "
                                                               "EFFSERVE_API_KEYS; none = auth off")

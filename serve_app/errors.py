@@ -7,7 +7,12 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.llm.chat_tokenizer import PromptTooLong
+from core.llm.engine import Overloaded
 
 from .schemas import ErrorDetail, ErrorResponse
 
@@ -83,3 +88,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), None, None,
                               "not_found_error" if exc.status_code == 404 else "invalid_request_error")
+
+
+def serving_error(exc: Exception, param: str) -> Exception:
+    """Refusals and failures of the model deployments as HTTP errors; anything else stays a
+    server error."""
+    if isinstance(exc, Overloaded | BackPressureError):
+        return APIError(503, f"the model is at capacity ({exc}); retry shortly", None,
+                        "overloaded", "server_error", headers={"Retry-After": "1"})
+    if isinstance(exc, RayActorError | ActorUnavailableError):
+        return APIError(503, "the model replica failed while serving this request; Serve is "
+                             "restoring it: retry shortly", None, "replica_failed",
+                        "server_error", headers={"Retry-After": "2"})
+    if isinstance(exc, PromptTooLong):
+        return APIError(400, str(exc), param, "context_length_exceeded")
+    return exc
+
+
+def model_not_found(requested: str, served: str) -> APIError:
+    return APIError(404, f"model {requested!r} does not exist here; this endpoint serves "
+                         f"{served!r} (see GET /v1/models)", "model", "model_not_found",
+                    "not_found_error")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.build.artifacts import SERVED_VARIANT
+from core.build.artifacts import SERVED_VARIANT, build_llm
 from core.llm.engine import EngineConfig, LLMEngine
 from core.llm.kv_slots import KVSlots
 from core.llm.sampling import SamplingParams
 from core.llm.textgen import TextGenerator
+from core.quant.variants import ensure_variant
 
 QUESTIONS = [
     "What is the capital of France?", "Name three primary colours.", "Write a haiku about the sea.",
@@ -33,7 +34,9 @@ MAX_TOKENS = 40
 
 @pytest.fixture(scope="module")
 def served() -> TextGenerator:
-    return TextGenerator.load(variant=SERVED_VARIANT, threads=2)
+    model_dir = build_llm(progress=lambda _: None)
+    ensure_variant(model_dir, SERVED_VARIANT)
+    return TextGenerator(model_dir, variant=SERVED_VARIANT, threads=2)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 
 from core.llm.engine import EngineConfig, LLMEngine
 from core.llm.sampling import SamplingParams
-from core.llm.spec import ModelDrafter
-from core.llm.spec.draft_server import DraftServer, RemoteDrafter
+from core.llm.speculative import ModelDrafter
+from core.llm.speculative.draft_server import DraftServer, RemoteDrafter
 
 from .conftest import wait_healthy
 from .test_engine_speculative import GREEDY, PROMPTS, ids

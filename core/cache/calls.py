@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -58,26 +57,10 @@ class CallRunner:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cache-store")
         self.breaker = Breaker(cooldown_s)
 
-    def call(self, fn: Callable[[], T], timeout_s: float) -> T:
+    async def call(self, fn: Callable[[], T], timeout_s: float) -> T:
+        """``fn()`` on a worker thread; the event loop waits at most ``timeout_s``."""
         self.breaker.check()
-        future = self._submit(fn)
-        try:
-            return future.result(timeout=timeout_s)
-        except FutureTimeout:
-            future.cancel()  # frees the slot if it never started; a running call finishes alone
-            self.breaker.trip()
-            raise StoreTimeout(f"store call exceeded {timeout_s:.3g}s") from None
-        except StoreError:
-            self.breaker.trip()
-            raise
-        except Exception as exc:
-            self.breaker.trip()
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
-
-    async def acall(self, fn: Callable[[], T], timeout_s: float) -> T:
-        """Same as call(), without blocking the event loop."""
-        self.breaker.check()
-        future = self._submit(fn)
+        future = self.submit(fn)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
         except TimeoutError:
@@ -91,7 +74,8 @@ class CallRunner:
             self.breaker.trip()
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
-    def _submit(self, fn: Callable[[], T]) -> Future[T]:
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Start ``fn()`` on a worker thread without waiting for it, nor a deadline."""
         try:
             return self._pool.submit(fn)
         except RuntimeError as exc:  # pool shut down: the store is closed

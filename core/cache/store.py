@@ -21,6 +21,7 @@ serves uncached.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import logging
@@ -28,7 +29,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from enum import Flag, auto
 from typing import IO, Any, Literal
 
 import numpy as np
@@ -36,6 +39,7 @@ import numpy as np
 from core.cache import guard
 from core.cache.calls import CallRunner, StoreError, StoreTimeout, StoreUnavailable
 from core.cache.config import CacheConfig
+from core.cache.keys import RequestKeys
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,12 @@ _DUMMY_VECTOR = [1.0]  # exact-only entries are fetched by id, never searched
 _PARTITION_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{1,59}[a-zA-Z0-9]$")
 _DELETE_CHUNK = 1000  # ids per delete call: stays far below sqlite's variable limit
 _NEGATIVE_TTL_S = 5.0  # server mode: how long "partition does not exist" is believed
+
+
+class LookupMode(Flag):
+    EXACT = auto()  # by the request's exact key
+    SEMANTIC = auto()  # nearest neighbours over the threshold, checked by the guard
+    EXACT_THEN_SEMANTIC = EXACT | SEMANTIC
 
 
 class StoreLocked(RuntimeError):
@@ -112,72 +122,42 @@ class CacheStore:
                 self._runner.close()
                 self._release_lock()
                 raise
-        else:
-            try:  # best effort: a server that is down now is retried on use
-                self._runner.call(self._connect, config.maintenance_timeout_s)
-            except StoreError as exc:
-                log.warning("cache store %s:%s unreachable (%s); will retry", config.host, config.port, exc)
+        else:  # best effort, without waiting: a server that is down now is retried on use
+            self._runner.submit(self._connect).add_done_callback(self._connected)
+
+    def _connected(self, attempt: Future) -> None:
+        if not attempt.cancelled() and attempt.exception() is not None:
+            log.warning("cache store %s:%s unreachable (%s); will retry", self.config.host,
+                        self.config.port, attempt.exception())
 
     # ---------------------------------------------------------------- lookups
 
-    def lookup(
+    async def lookup(
         self,
-        exact_key: str | None,
-        partition: str,
-        embedding: Sequence[float] | np.ndarray | None,
-        prompt_text: str | None,
+        keys: RequestKeys,
+        mode: LookupMode = LookupMode.EXACT_THEN_SEMANTIC,
+        embedding: Sequence[float] | np.ndarray | None = None,
         threshold: float | None = None,
-        semantic: bool = False,
     ) -> CacheHit | None:
-        """Exact hit by id, else the nearest neighbour over ``threshold`` that passes the guard.
+        """The request's entry by its exact key, and/or the nearest neighbour over ``threshold``
+        that passes the guard (needs ``embedding`` and the keys' semantic_text).
 
-        ``embedding`` None means exact-only: in the exact-only collection (entries put without
-        an embedding), or with semantic=True by id in the semantic one. ``exact_key`` None:
-        semantic only (the caller has already missed by id).
+        Requests with a semantic_text live in their partition's semantic collection, so an
+        exact hit there needs no embedding; the others in its exact-only one.
         Returns None on a miss and on any store failure (counted in errors).
         """
-        fn = self._lookup_fn(exact_key, partition, embedding, prompt_text, threshold, semantic)
-        try:
-            hit, rejects = self._runner.call(fn, self.config.timeout_s)
-        except StoreError as exc:
-            self._failed("lookup", exc)
-            return None
-        return self._count_lookup(hit, rejects)
-
-    async def alookup(
-        self,
-        exact_key: str | None,
-        partition: str,
-        embedding: Sequence[float] | np.ndarray | None,
-        prompt_text: str | None,
-        threshold: float | None = None,
-        semantic: bool = False,
-    ) -> CacheHit | None:
-        """lookup() for event loops: never blocks the loop.
-
-        semantic=True with no embedding: an exact lookup in the partition's semantic collection
-        (where entries put with an embedding live), so an exact hit needs no embedding."""
-        fn = self._lookup_fn(exact_key, partition, embedding, prompt_text, threshold, semantic)
-        try:
-            hit, rejects = await self._runner.acall(fn, self.config.timeout_s)
-        except StoreError as exc:
-            self._failed("lookup", exc)
-            return None
-        return self._count_lookup(hit, rejects)
-
-    def _lookup_fn(
-        self,
-        exact_key: str | None,
-        partition: str,
-        embedding: Sequence[float] | np.ndarray | None,
-        prompt_text: str | None,
-        threshold: float | None,
-        semantic: bool = False,
-    ) -> Callable[[], tuple[CacheHit | None, int]]:
-        name = _collection_name(partition, embedding is not None or semantic)
-        vector = None if embedding is None else _vector(embedding)
+        name = _collection_name(keys.partition, bool(keys.semantic_text))
+        key = keys.exact if LookupMode.EXACT in mode else None
+        vector = (_vector(embedding) if LookupMode.SEMANTIC in mode and embedding is not None
+                  else None)
         limit = self.config.threshold if threshold is None else threshold
-        return lambda: self._lookup(exact_key, name, vector, prompt_text, limit)
+        try:
+            hit, rejects = await self._runner.call(
+                lambda: self._lookup(key, name, vector, keys.semantic_text, limit), self.config.timeout_s)
+        except StoreError as exc:
+            self._failed("lookup", exc)
+            return None
+        return self._count_lookup(hit, rejects)
 
     def _lookup(
         self, key: str | None, name: str, vector: list[float] | None, prompt: str | None, threshold: float
@@ -189,7 +169,7 @@ class CacheStore:
             return None, 0
         now = self._clock()
         try:
-            # key None: the caller already missed by id (deployments look up exact first)
+            # key None: a semantic-only lookup (deployments look up exact first)
             got = (part.collection.get(ids=[key], include=["documents", "metadatas"]) if key is not None
                    else {"ids": []})
             if got["ids"] and _alive(got["metadatas"][0], now):
@@ -243,74 +223,42 @@ class CacheStore:
 
     # ------------------------------------------------------------------ puts
 
-    def put(
+    async def put(
         self,
-        exact_key: str,
-        partition: str,
-        embedding: Sequence[float] | np.ndarray | None,
-        prompt_text: str | None,
+        keys: RequestKeys,
         response_body: Mapping[str, Any],
+        embedding: Sequence[float] | np.ndarray | None = None,
         ttl_s: float | None = None,
         *,
         model: str,
     ) -> bool:
         """Store a response; True if stored. Evicts when a bound is exceeded.
 
-        Call it off the response path: a write waits for sqlite's commit.
+        Requests with a semantic_text are stored with their embedding (searchable), the others
+        exact-only. Call it off the response path: a write waits for sqlite's commit.
         """
-        fn = self._put_fn(exact_key, partition, embedding, prompt_text, response_body, ttl_s, model)
+        ttl = self.config.ttl_s if ttl_s is None else ttl_s
+        if ttl <= 0:
+            raise ValueError("ttl_s must be > 0")
+        semantic = bool(keys.semantic_text)
+        if semantic == (embedding is None):
+            raise ValueError("an embedding goes with, and only with, keys that have a semantic_text")
+        name = _collection_name(keys.partition, semantic)
+        vector = _vector(embedding) if semantic else _DUMMY_VECTOR
+        body = json.dumps(response_body, separators=(",", ":"), ensure_ascii=False)  # caller bugs raise here
         try:
-            part = self._runner.call(fn, self.config.write_timeout_s)
-        except StoreError as exc:
-            self._failed("put", exc)
-            return False
-        self._after_put(part)
-        return True
-
-    async def aput(
-        self,
-        exact_key: str,
-        partition: str,
-        embedding: Sequence[float] | np.ndarray | None,
-        prompt_text: str | None,
-        response_body: Mapping[str, Any],
-        ttl_s: float | None = None,
-        *,
-        model: str,
-    ) -> bool:
-        """put() for event loops."""
-        fn = self._put_fn(exact_key, partition, embedding, prompt_text, response_body, ttl_s, model)
-        try:
-            part = await self._runner.acall(fn, self.config.write_timeout_s)
+            part = await self._runner.call(
+                lambda: self._put(keys.exact, name, vector, keys.semantic_text or "", body, ttl, model),
+                self.config.write_timeout_s)
         except StoreError as exc:
             self._failed("put", exc)
             return False
         if self._over_bounds(part):
             try:
-                await self._runner.acall(
-                    lambda: self._enforce_bounds(part), self.config.maintenance_timeout_s
-                )
+                await self._runner.call(lambda: self._enforce_bounds(part), self.config.maintenance_timeout_s)
             except StoreError as exc:
                 self._failed("evict", exc)
         return True
-
-    def _put_fn(
-        self,
-        exact_key: str,
-        partition: str,
-        embedding: Sequence[float] | np.ndarray | None,
-        prompt_text: str | None,
-        response_body: Mapping[str, Any],
-        ttl_s: float | None,
-        model: str,
-    ) -> Callable[[], _Partition]:
-        ttl = self.config.ttl_s if ttl_s is None else ttl_s
-        if ttl <= 0:
-            raise ValueError("ttl_s must be > 0")
-        name = _collection_name(partition, embedding is not None)
-        vector = _DUMMY_VECTOR if embedding is None else _vector(embedding)
-        body = json.dumps(response_body, separators=(",", ":"), ensure_ascii=False)  # caller bugs raise here
-        return lambda: self._put(exact_key, name, vector, prompt_text or "", body, ttl, model)
 
     def _put(
         self, key: str, name: str, vector: list[float], prompt: str, body: str, ttl: float, model: str
@@ -335,10 +283,15 @@ class CacheStore:
             self._counters["puts"] += 1
         return part
 
-    def put_many(self, partition: str, entries: Sequence[tuple[str, np.ndarray, str, Mapping[str, Any]]],
-                 *, model: str, ttl_s: float | None = None, chunk: int = 5000) -> int:
+    async def put_many(self, partition: str,
+                       entries: Sequence[tuple[str, np.ndarray, str, Mapping[str, Any]]],
+                       *, model: str, ttl_s: float | None = None, chunk: int = 5000) -> int:
         """Bulk upsert of (exact_key, embedding, prompt, body) into one semantic partition
-        (warming a cache, benchmarks). No bound is enforced here; returns entries written."""
+        (warming a cache, benchmarks). No bound nor deadline here; returns entries written."""
+        return await asyncio.to_thread(self._put_many, partition, entries, model, ttl_s, chunk)
+
+    def _put_many(self, partition: str, entries: Sequence[tuple[str, np.ndarray, str, Mapping[str, Any]]],
+                  model: str, ttl_s: float | None, chunk: int) -> int:
         ttl = self.config.ttl_s if ttl_s is None else ttl_s
         part = self._resolve(_collection_name(partition, True), create_for_model=model)
         assert part is not None
@@ -355,15 +308,6 @@ class CacheStore:
             part.count += len(entries)
             self._counters["puts"] += len(entries)
         return len(entries)
-
-    def _after_put(self, part: _Partition) -> None:
-        if self._over_bounds(part):
-            try:
-                self._runner.call(lambda: self._enforce_bounds(part), self.config.maintenance_timeout_s)
-            except StoreError as exc:
-                self._failed("evict", exc)
-
-    # ---------------------------------------------------------------- bounds
 
     def _over_bounds(self, part: _Partition) -> bool:
         with self._lock:
@@ -419,10 +363,10 @@ class CacheStore:
 
     # ----------------------------------------------------------- maintenance
 
-    def purge_expired(self) -> int:
+    async def purge_expired(self) -> int:
         """Delete expired entries and empty partitions; recount entries. For a periodic task."""
         try:
-            return self._runner.call(self._purge, self.config.maintenance_timeout_s)
+            return await self._runner.call(self._purge, self.config.maintenance_timeout_s)
         except StoreError as exc:
             self._failed("purge", exc)
             return 0
@@ -454,10 +398,10 @@ class CacheStore:
             self._counters["expired"] += purged
         return purged
 
-    def invalidate(self, model: str | None = None) -> int:
+    async def invalidate(self, model: str | None = None) -> int:
         """Drop every entry, or one model's; returns how many entries were dropped (-1: store failed)."""
         try:
-            return self._runner.call(lambda: self._invalidate(model), self.config.maintenance_timeout_s)
+            return await self._runner.call(lambda: self._invalidate(model), self.config.maintenance_timeout_s)
         except StoreError as exc:
             self._failed("invalidate", exc)
             return -1

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..build.artifacts import LLM_ID, build_llm
+from ..build.artifacts import LLM_ID
 from .chat_tokenizer import ChatTokenizer
 from .detokenizer import StreamDecoder
 from .generate import generate
@@ -32,16 +32,6 @@ class TextGenerator:
         self.runner = ModelRunner(str(Path(model_dir) / f"{variant}.onnx"), cfg["n_layers"],
                                   cfg["n_kv_heads"], cfg["hidden"] // cfg["n_heads"],
                                   threads, spinning, device, park_after_run)
-
-    @classmethod
-    def load(cls, variant: str = "q4", **kwargs) -> TextGenerator:
-        """Build (or find cached) the model; variants beyond the base build are made on demand."""
-        model_dir = build_llm(progress=lambda _: None)
-        if not (model_dir / f"{variant}.onnx").exists():
-            from ..quant.variants import ensure_variant
-
-            ensure_variant(model_dir, variant)
-        return cls(model_dir, variant=variant, **kwargs)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
         """Text deltas as they become final; the last one carries the finish reason."""

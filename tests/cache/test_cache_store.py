@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from core.cache import keys
 from core.cache.config import CacheConfig
-from core.cache.store import CacheStore, StoreLocked
+from core.cache.store import CacheHit, CacheStore, LookupMode, StoreLocked
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Convert 100 °F to Celsius"
@@ -58,7 +58,12 @@ def store(make_store) -> CacheStore:
 
 
 def put(store: CacheStore, k: keys.RequestKeys, vec, text: str = "37.8 °C", model: str = "m1", **kw) -> None:
-    assert store.put(k.exact, k.partition, vec, k.semantic_text, body(text), model=model, **kw)
+    assert asyncio.run(store.put(k, body(text), vec, model=model, **kw))
+
+
+def lookup(store: CacheStore, k: keys.RequestKeys, vec=None, threshold: float | None = None,
+           mode: LookupMode = LookupMode.EXACT_THEN_SEMANTIC) -> CacheHit | None:
+    return asyncio.run(store.lookup(k, mode, vec, threshold))
 
 
 # ------------------------------------------------------------- exact/semantic
@@ -66,9 +71,9 @@ def put(store: CacheStore, k: keys.RequestKeys, vec, text: str = "37.8 °C", mod
 
 def test_exact_hit_after_put(store):
     k, v = request(), unit(1)
-    assert store.lookup(k.exact, k.partition, v, k.semantic_text) is None
+    assert lookup(store, k, v) is None
     put(store, k, v)
-    hit = store.lookup(k.exact, k.partition, v, k.semantic_text)
+    hit = lookup(store, k, v)
     assert hit is not None and hit.kind == "exact" and hit.similarity == 1.0
     assert hit.body == body("37.8 °C")
     s = store.stats()
@@ -80,7 +85,7 @@ def test_semantic_hit_for_paraphrase(store):
     put(store, k, v)
     para = request(PARAPHRASE)
     assert para.partition == k.partition and para.exact != k.exact
-    hit = store.lookup(para.exact, para.partition, near(v, 2), para.semantic_text)
+    hit = lookup(store, para, near(v, 2))
     assert hit is not None and hit.kind == "semantic"
     assert 0.9 <= hit.similarity < 1.0 and hit.prompt == PROMPT
     assert store.stats().hits_semantic == 1
@@ -90,10 +95,10 @@ def test_below_threshold_is_a_miss(store):
     k, v = request(), unit(1)
     put(store, k, v)
     para = request(PARAPHRASE)
-    assert store.lookup(para.exact, para.partition, near(v, 2, distance=0.6), para.semantic_text) is None
-    assert store.lookup(para.exact, para.partition, unit(99), para.semantic_text) is None
+    assert lookup(store, para, near(v, 2, distance=0.6)) is None
+    assert lookup(store, para, unit(99)) is None
     # the same vector passes with a lower per-call threshold
-    assert store.lookup(para.exact, para.partition, near(v, 2, distance=0.6), para.semantic_text, 0.8)
+    assert lookup(store, para, near(v, 2, distance=0.6), 0.8)
 
 
 def test_guard_rejects_close_vector_with_different_meaning(make_store):
@@ -101,27 +106,27 @@ def test_guard_rejects_close_vector_with_different_meaning(make_store):
     miss = request(NEAR_MISS)
     guarded = make_store()
     put(guarded, k, v)
-    assert guarded.lookup(miss.exact, miss.partition, near(v, 3), miss.semantic_text) is None
+    assert lookup(guarded, miss, near(v, 3)) is None
     assert guarded.stats().guard_rejects == 1
     guarded.close()
     # the same lookup without the guard would have served the wrong answer
     unguarded = make_store(guard=False)
-    hit = unguarded.lookup(miss.exact, miss.partition, near(v, 3), miss.semantic_text)
+    hit = lookup(unguarded, miss, near(v, 3))
     assert hit is not None and hit.kind == "semantic"
 
 
 def test_no_prompt_text_means_no_semantic_hit(store):
     k, v = request(), unit(1)
     put(store, k, v)
-    assert store.lookup("other-key", k.partition, near(v, 2), None) is None
+    assert lookup(store, keys.RequestKeys("other-key", k.partition, None), near(v, 2)) is None
 
 
 def test_exact_only_entries(store):
     payload = {"input": "some text", "model": "e"}
     k = keys.request_keys("e", "embeddings", payload, "t1")
     assert k.semantic_text is None
-    assert store.put(k.exact, k.partition, None, None, {"data": [1]}, model="e")
-    hit = store.lookup(k.exact, k.partition, None, None)
+    assert asyncio.run(store.put(k, {"data": [1]}, model="e"))
+    hit = lookup(store, k)
     assert hit is not None and hit.kind == "exact" and hit.body == {"data": [1]}
 
 
@@ -143,7 +148,7 @@ def test_partitions_are_isolated(store, other):
     o = request(**other)
     assert o.partition != k.partition
     # same prompt, same vector: still no hit across partitions
-    assert store.lookup(o.exact, o.partition, v, o.semantic_text) is None
+    assert lookup(store, o, v) is None
 
 
 # ------------------------------------------------------------------------ TTL
@@ -153,12 +158,12 @@ def test_ttl_expiry_and_purge(store, clock):
     k, v = request(), unit(1)
     put(store, k, v, ttl_s=10)
     clock.advance(9)
-    assert store.lookup(k.exact, k.partition, v, k.semantic_text) is not None
+    assert lookup(store, k, v) is not None
     clock.advance(2)
-    assert store.lookup(k.exact, k.partition, v, k.semantic_text) is None
+    assert lookup(store, k, v) is None
     para = request(PARAPHRASE)
-    assert store.lookup(para.exact, para.partition, near(v, 2), para.semantic_text) is None
-    assert store.purge_expired() == 1
+    assert lookup(store, para, near(v, 2)) is None
+    assert asyncio.run(store.purge_expired()) == 1
     s = store.stats()
     assert s.entries == 0 and s.expired == 1 and s.partitions == 0  # empty partitions are dropped
 
@@ -168,8 +173,8 @@ def test_purge_keeps_live_entries(store, clock):
     put(store, a, unit(1), ttl_s=5)
     put(store, b, unit(2), ttl_s=500)
     clock.advance(10)
-    assert store.purge_expired() == 1
-    assert store.lookup(b.exact, b.partition, unit(2), b.semantic_text) is not None
+    assert asyncio.run(store.purge_expired()) == 1
+    assert lookup(store, b, unit(2)) is not None
     assert store.stats().entries == 1
 
 
@@ -186,7 +191,7 @@ def test_config_validation(tmp_path):
 
 def test_invalid_partition_name_is_refused(store):
     with pytest.raises(ValueError):
-        store.lookup("k", "bad name!", None, None)
+        lookup(store, keys.RequestKeys("k", "bad name!", None))
 
 
 # ------------------------------------------------------------ invalidation
@@ -196,16 +201,16 @@ def test_invalidate_one_model_then_all(store):
     m1, m2 = request(model="m1"), request(model="m2")
     put(store, m1, unit(1), model="m1")
     put(store, m2, unit(1), model="m2")
-    assert store.invalidate("m1") == 1
-    assert store.lookup(m1.exact, m1.partition, unit(1), m1.semantic_text) is None
-    assert store.lookup(m2.exact, m2.partition, unit(1), m2.semantic_text) is not None
+    assert asyncio.run(store.invalidate("m1")) == 1
+    assert lookup(store, m1, unit(1)) is None
+    assert lookup(store, m2, unit(1)) is not None
     put(store, m1, unit(1), model="m1")
-    assert store.invalidate() == 2
-    assert store.lookup(m2.exact, m2.partition, unit(1), m2.semantic_text) is None
+    assert asyncio.run(store.invalidate()) == 2
+    assert lookup(store, m2, unit(1)) is None
     assert store.stats().entries == 0
     # the store keeps working after invalidation
     put(store, m1, unit(1), model="m1")
-    assert store.lookup(m1.exact, m1.partition, unit(1), m1.semantic_text) is not None
+    assert lookup(store, m1, unit(1)) is not None
 
 
 # -------------------------------------------------------------------- bounds
@@ -218,11 +223,11 @@ def test_lru_eviction_per_partition(make_store, clock):
         put(store, k, unit(i))
         clock.advance(1)
     # entry 0 is the oldest write but was just used: LRU keeps it
-    assert store.lookup(reqs[0].exact, reqs[0].partition, unit(0), reqs[0].semantic_text).kind == "exact"
+    assert lookup(store, reqs[0], unit(0)).kind == "exact"
     clock.advance(1)
     put(store, reqs[5], unit(5))  # 6 > 5: evict down to 4
     alive = [
-        store.lookup(k.exact, k.partition, unit(i), k.semantic_text) is not None for i, k in enumerate(reqs)
+        lookup(store, k, unit(i)) is not None for i, k in enumerate(reqs)
     ]
     assert alive == [True, False, False, True, True, True]
     s = store.stats()
@@ -236,12 +241,12 @@ def test_partition_bound_drops_least_recently_used(make_store, clock):
     clock.advance(1)
     put(store, b, unit(1), model="b")
     clock.advance(1)
-    assert store.lookup(a.exact, a.partition, unit(1), a.semantic_text) is not None  # a is now newer than b
+    assert lookup(store, a, unit(1)) is not None  # a is now newer than b
     clock.advance(1)
     put(store, c, unit(1), model="c")
-    assert store.lookup(b.exact, b.partition, unit(1), b.semantic_text) is None
-    assert store.lookup(a.exact, a.partition, unit(1), a.semantic_text) is not None
-    assert store.lookup(c.exact, c.partition, unit(1), c.semantic_text) is not None
+    assert lookup(store, b, unit(1)) is None
+    assert lookup(store, a, unit(1)) is not None
+    assert lookup(store, c, unit(1)) is not None
     assert store.stats().partitions == 2
 
 
@@ -255,9 +260,9 @@ def test_survives_close_and_reopen(make_store):
     first.close()
     again = make_store()
     assert again.stats().entries == 1
-    assert again.lookup(k.exact, k.partition, v, k.semantic_text).kind == "exact"
+    assert lookup(again, k, v).kind == "exact"
     para = request(PARAPHRASE)
-    assert again.lookup(para.exact, para.partition, near(v, 2), para.semantic_text).kind == "semantic"
+    assert lookup(again, para, near(v, 2)).kind == "semantic"
 
 
 def test_survives_process_exit(tmp_path, clock):
@@ -272,12 +277,14 @@ def test_survives_process_exit(tmp_path, clock):
         from cache_vectors import unit
         store = CacheStore(CacheConfig(data_dir={str(tmp_path / "cache")!r}))
         k = ({k.exact!r}, {k.partition!r}, {k.semantic_text!r})
-        assert store.put(k[0], k[1], unit(1), k[2], {{"answer": 42}}, model="m1")
+        import asyncio
+        from core.cache.keys import RequestKeys
+        assert asyncio.run(store.put(RequestKeys(*k), {{"answer": 42}}, unit(1), model="m1"))
         os._exit(0)  # no close(): like a crash right after the write
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT)
     with CacheStore(CacheConfig(data_dir=tmp_path / "cache")) as store:
-        hit = store.lookup(k.exact, k.partition, unit(1), k.semantic_text)
+        hit = lookup(store, k, unit(1))
         assert hit is not None and hit.body == {"answer": 42}
 
 
@@ -296,8 +303,8 @@ def test_async_api(store):
     k, v = request(), unit(1)
 
     async def run():
-        assert await store.aput(k.exact, k.partition, v, k.semantic_text, body("x"), model="m1")
-        return await store.alookup(k.exact, k.partition, v, k.semantic_text)
+        assert await store.put(k, body("x"), v, model="m1")
+        return await store.lookup(k, embedding=v)
 
     hit = asyncio.run(run())
     assert hit is not None and hit.body == body("x")
@@ -316,27 +323,27 @@ def test_server_mode_shared_by_replicas(shared_chroma_server, clock):
     k, v = request(), unit(1)
     para = request(PARAPHRASE)
     with server_store(shared_chroma_server, clock) as a, server_store(shared_chroma_server, clock) as b:
-        a.invalidate()  # the server is shared by this module's tests
+        asyncio.run(a.invalidate())  # the server is shared by this module's tests
         put(a, k, v)
         # b never wrote this partition: it finds it on the server
-        assert b.lookup(k.exact, k.partition, v, k.semantic_text).kind == "exact"
-        assert b.lookup(para.exact, para.partition, near(v, 2), para.semantic_text).kind == "semantic"
+        assert lookup(b, k, v).kind == "exact"
+        assert lookup(b, para, near(v, 2)).kind == "semantic"
         miss = request(NEAR_MISS)
-        assert b.lookup(miss.exact, miss.partition, near(v, 3), miss.semantic_text) is None
+        assert lookup(b, miss, near(v, 3)) is None
         # invalidation from one replica drops what the other wrote
-        assert b.invalidate("m1") == 1
-        assert a.lookup(k.exact, k.partition, v, k.semantic_text) is None
+        assert asyncio.run(b.invalidate("m1")) == 1
+        assert lookup(a, k, v) is None
         assert a.stats().errors == 0
 
 
 def test_server_mode_ttl(shared_chroma_server, clock):
     k, v = request(), unit(1)
     with server_store(shared_chroma_server, clock) as s:
-        s.invalidate()
+        asyncio.run(s.invalidate())
         put(s, k, v, ttl_s=5)
         clock.advance(6)
-        assert s.lookup(k.exact, k.partition, v, k.semantic_text) is None
-        assert s.purge_expired() == 1
+        assert lookup(s, k, v) is None
+        assert asyncio.run(s.purge_expired()) == 1
 
 
 def test_server_mode_leaves_foreign_collections_alone(shared_chroma_server, clock):
@@ -345,9 +352,9 @@ def test_server_mode_leaves_foreign_collections_alone(shared_chroma_server, cloc
     other = chromadb.HttpClient(host=shared_chroma_server.host, port=shared_chroma_server.port)
     other.get_or_create_collection("someone-elses", embedding_function=None)
     with server_store(shared_chroma_server, clock) as s:
-        s.invalidate()  # whatever earlier tests left
+        asyncio.run(s.invalidate())  # whatever earlier tests left
         put(s, request(), unit(1))
-        assert s.invalidate() == 1
+        assert asyncio.run(s.invalidate()) == 1
     assert [c.name for c in other.list_collections()] == ["someone-elses"]
     other.delete_collection("someone-elses")
 
@@ -358,13 +365,13 @@ def test_server_down_fails_fast_and_counts(chroma_server, clock):
         put(s, k, v)
         chroma_server.stop()
         start = time.monotonic()
-        assert s.lookup(k.exact, k.partition, v, k.semantic_text) is None
+        assert lookup(s, k, v) is None
         assert time.monotonic() - start < 0.5 + 0.4  # timeout_s plus scheduling slack
         assert s.stats().errors == 1
         start = time.monotonic()
-        assert s.lookup(k.exact, k.partition, v, k.semantic_text) is None  # breaker open: no wait
+        assert lookup(s, k, v) is None  # breaker open: no wait
         assert time.monotonic() - start < 0.25
-        assert not s.put(k.exact, k.partition, v, k.semantic_text, body("x"), model="m1")
+        assert not asyncio.run(s.put(k, body("x"), v, model="m1"))
         assert s.stats().errors == 3
 
 
@@ -376,7 +383,7 @@ def test_server_hung_times_out(chroma_server, clock):
         os.kill(chroma_server.proc.pid, signal.SIGSTOP)
         try:
             start = time.monotonic()
-            assert s.lookup(k.exact, k.partition, v, k.semantic_text) is None
+            assert lookup(s, k, v) is None
             elapsed = time.monotonic() - start
         finally:
             os.kill(chroma_server.proc.pid, signal.SIGCONT)
@@ -384,7 +391,7 @@ def test_server_hung_times_out(chroma_server, clock):
         assert s.stats().timeouts == 1 and s.stats().errors == 1
         # once the cooldown is over and the server answers again, the cache recovers
         deadline = time.monotonic() + 5
-        while s.lookup(k.exact, k.partition, v, k.semantic_text) is None:
+        while lookup(s, k, v) is None:
             assert time.monotonic() < deadline, "cache did not recover"
             time.sleep(0.1)
 
@@ -393,7 +400,7 @@ def test_server_unreachable_at_start(clock, tmp_path):
     cfg = CacheConfig(host="127.0.0.1", port=9, timeout_s=0.3, maintenance_timeout_s=0.5, cooldown_s=0.1)
     with CacheStore(cfg, clock=clock) as s:  # does not raise: the cache is optional
         k = request()
-        assert s.lookup(k.exact, k.partition, unit(1), k.semantic_text) is None
+        assert lookup(s, k, unit(1)) is None
         assert s.stats().errors >= 1
 
 
@@ -401,11 +408,13 @@ def test_exact_hit_in_the_semantic_collection_needs_no_embedding(tmp_path):
     """An entry put with an embedding is found by its exact key alone (semantic=True)."""
     import numpy as np
 
-    from core.cache import CacheConfig, CacheStore
+    from core.cache import CacheConfig, CacheStore, RequestKeys
 
     with CacheStore(CacheConfig(data_dir=tmp_path / "db")) as store:
         vec = np.ones(384, np.float32) / np.sqrt(384)
-        store.put("key-1", "p-part-0123456789abcdef", vec, "what is up", {"a": 1}, model="m")
-        assert store.lookup("key-1", "p-part-0123456789abcdef", None, None) is None
-        hit = store.lookup("key-1", "p-part-0123456789abcdef", None, None, semantic=True)
+        semantic = RequestKeys("key-1", "p-part-0123456789abcdef", "what is up")
+        asyncio.run(store.put(semantic, {"a": 1}, vec, model="m"))
+        exact_only = RequestKeys("key-1", "p-part-0123456789abcdef", None)
+        assert lookup(store, exact_only, mode=LookupMode.EXACT) is None
+        hit = lookup(store, semantic, mode=LookupMode.EXACT)
         assert hit is not None and hit.kind == "exact" and hit.body == {"a": 1}

@@ -13,15 +13,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..chat_tokenizer import ChatTokenizer, PromptTooLong
 from ..detokenizer import StreamDecoder
 from ..kv_slots import KVSlots
 from ..model_runner import ModelRunner
-from ..prefix_cache import PrefixCache
+from ..prefix_cache import PrefixCache, PrefixCacheStats
 from ..sampling import SamplingParams, sample
+from ..speculative import SpecStats
 from .scheduler import Scheduler, Work
 from .sequence import Output, Sequence, Status
 from .speculation import DraftService, Speculation
@@ -33,26 +36,40 @@ class Overloaded(RuntimeError):
     """The waiting queue is full: the caller should retry later (HTTP 503)."""
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    max_running: int = 16  # KV slots: sequences decoding together
-    max_waiting: int = 64  # queued beyond that -> Overloaded
-    max_prefill_tokens: int = 512  # padded tokens per prefill step (long prompts are chunked)
-    max_seq_len: int = 4096  # KV capacity per slot (prompt + generated)
-    prefix_cache_bytes: int = 512 << 20  # KV kept for reuse across requests; 0 turns it off
-    prefix_block_size: int = 16
-    speculative: str | None = None  # None | "ngram" (prompt lookup) | "model" (needs a draft runner)
-    spec_k_max: int = 8
-    spec_max_batch: int = 1  # speculate only while at most this many sequences decode
+class EngineConfig(BaseModel):
+    """Engine limits and speculation, validated when built: `engine:` in the app's args."""
 
-    def __post_init__(self) -> None:
-        for name in ("max_running", "max_prefill_tokens", "max_seq_len", "prefix_block_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_waiting < 0 or self.prefix_cache_bytes < 0:
-            raise ValueError("max_waiting and prefix_cache_bytes must be >= 0")
-        if self.speculative not in (None, "ngram", "model"):
-            raise ValueError("speculative must be None, 'ngram' or 'model'")
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_running: int = Field(16, ge=1, le=256, description="KV slots: sequences decoding together")
+    max_waiting: int = Field(64, ge=0, description="queued beyond that -> Overloaded")
+    max_prefill_tokens: int = Field(512, ge=16, description="padded tokens per prefill step "
+                                                            "(long prompts are chunked)")
+    max_seq_len: int = Field(4096, ge=64, description="KV capacity per slot (prompt + generated)")
+    prefix_cache_bytes: int = Field(512 << 20, ge=0, description="KV kept for reuse across "
+                                    "requests; 0 = off. Configs give it in MiB: prefix_cache_mb")
+    prefix_block_size: int = Field(16, ge=1, le=256)
+    speculative: Literal["ngram", "model"] | None = Field(
+        None, description="speculative decoding: prompt lookup, or a draft model (draft_variant)")
+    draft_variant: str = Field("q4", description="built LM variant that drafts for the target")
+    draft_placement: Literal["replica", "deployment"] = Field(
+        "replica", description="draft model in the target's replica (no hop per step), or its own "
+                               "deployment (other hardware: e.g. a CPU draft for a GPU target)")
+    spec_k_max: int = Field(8, ge=1, le=16)
+    spec_max_batch: int = Field(1, ge=1, description="speculate while at most this many decode")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prefix_cache_mb(cls, data: Any) -> Any:
+        """Configs size the prefix cache in MiB (`prefix_cache_mb`); code may give bytes."""
+        if isinstance(data, dict) and "prefix_cache_mb" in data:
+            data = dict(data)
+            mb = data.pop("prefix_cache_mb")
+            if "prefix_cache_bytes" in data:
+                raise ValueError("give prefix_cache_mb or prefix_cache_bytes, not both")
+            if not isinstance(mb, int) or isinstance(mb, bool):
+                raise ValueError("prefix_cache_mb must be a whole number of MiB")
+            data["prefix_cache_bytes"] = mb << 20  # a negative size stays negative: refused
+        return data
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,18 @@ class StepStats:
     ttfts: list[float]  # seconds, for sequences that got their first token this step
     itls: list[float]  # seconds between tokens, for sequences that got a later token
     kv_bytes: int  # KV held: running sequences plus the prefix cache
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What operators and metrics read of a running engine."""
+
+    running: int
+    waiting: int
+    kv_slot_bytes: int
+    prefix_cache_bytes: int
+    prefix_cache: PrefixCacheStats | None  # cumulative; None: prefix cache off
+    speculative: SpecStats | None  # cumulative; None: no speculative decoding
 
 
 class LLMEngine:
@@ -112,6 +141,20 @@ class LLMEngine:
         """(running, waiting)"""
         return len(self.scheduler.active), len(self.scheduler.waiting)
 
+    def stats(self) -> EngineStats:
+        with self._lock:
+            running, waiting = self.counts()
+            return EngineStats(running, waiting, self.slots.bytes_in_use(), self._prefix_cache_bytes(),
+                               self.prefix_cache.stats if self.prefix_cache else None,
+                               self.spec.stats if self.spec else None)
+
+    def is_alive(self) -> bool:
+        """The engine thread is stepping (started and not dead)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _prefix_cache_bytes(self) -> int:
+        return self.prefix_cache.bytes_in_use if self.prefix_cache else 0
+
     # -- stepping (engine thread) ------------------------------------------------------------
     def step(self) -> bool:
         with self._lock:
@@ -141,8 +184,7 @@ class LLMEngine:
                 (itls.append(seq.last_token_at - before) if before is not None
                  else ttfts.append(seq.last_token_at - seq.arrival))
             running, waiting = self.counts()
-            kv_bytes = self.slots.bytes_in_use() + (self.prefix_cache.bytes_in_use
-                                                    if self.prefix_cache else 0)
+            kv_bytes = self.slots.bytes_in_use() + self._prefix_cache_bytes()
         if self.on_step:
             self.on_step(StepStats(work.kind, len(work.seqs), sum(work.chunks),
                                    time.perf_counter() - start, running, waiting, ttfts, itls,
@@ -166,8 +208,7 @@ class LLMEngine:
                     itls.append((seq.last_token_at - before) / max(len(result.tokens), 1))
         with self._lock:
             running, waiting = self.counts()
-            kv_bytes = self.slots.bytes_in_use() + (self.prefix_cache.bytes_in_use
-                                                    if self.prefix_cache else 0)
+            kv_bytes = self.slots.bytes_in_use() + self._prefix_cache_bytes()
         if self.on_step:
             self.on_step(StepStats("decode", len(work.seqs), emitted, time.perf_counter() - start,
                                    running, waiting, [], itls, kv_bytes))

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Protocol
 from ..kv_slots import KVSlots
 from ..model_runner import ModelRunner
 from ..sampling import SamplingParams
-from ..spec import AdaptiveK, CostModel, ModelDrafter, PromptLookupDrafter, SpecStats, observe
-from ..spec import speculative_step as spec_step
-from ..spec.draft_server import Drafts, RemoteDrafter
+from ..speculative import AdaptiveK, CostModel, ModelDrafter, PromptLookupDrafter, SpecStats, observe
+from ..speculative import speculative_step as spec_step
+from ..speculative.draft_server import Drafts, RemoteDrafter
 from .sequence import Sequence
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Speculative decoding (issue 7): drafters, verification, adaptive length, exactness checks.
 
-    from core.llm.spec import ModelDrafter, PromptLookupDrafter, speculative_generate, AdaptiveK, CostModel
+    from core.llm.speculative import ModelDrafter, PromptLookupDrafter, speculative_generate, AdaptiveK
 """
 
 from .acceptance import accept_greedy, accept_sampled, draw, target_probs
