@@ -32,8 +32,12 @@ install-test: $(VENV)/.installed-test
 models: install
 	$(BIN)/python -m core.build
 
+# Serve's background loops, slower than their 0.1 s defaults: on 2 cores the controller's loop and
+# each replica's metrics export took ~5% of a core between them while idle.
+serve: export RAY_SERVE_CONTROL_LOOP_INTERVAL_S ?= 0.5
+serve: export RAY_SERVE_METRICS_EXPORT_INTERVAL_MS ?= 1000
 serve: models
-	$(BIN)/serve run configs/local.yaml
+	$(BIN)/serve run $(or $(SERVE_CONFIG),configs/local.yaml)
 
 test: install-test models
 	$(BIN)/ruff check .
@@ -49,6 +53,9 @@ lint: install-test
 # Every benchmark, one after the other (each writes bench/results/<name>.{json,md}), then the
 # README's tables. Minutes each on 2 cores; run on a quiet machine.
 bench: install-test models
+	SERVER_ONLY=1 bash bench/setup_peer.sh
+	$(BIN)/python -m bench.peer
+	$(BIN)/python -m bench.profile
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.quantization
 	$(BIN)/python -m bench.serving

@@ -4,7 +4,7 @@
     python -m bench.peer                      # bench/results/peer.{json,md,png}
 
 Servers (all up for the whole run, each measured in turn, round-robin so each sees the same noise):
-  this app        `serve run` of configs/local.yaml, exactly what `make serve` serves;
+  this app        configs/local.yaml started by `make serve`, exactly as the README starts it;
   naive           the same graph with engine.max_running 1 (one request at a time), second app;
   llama-server    llama.cpp's server, -t 2, --parallel 16 and --parallel 32 (continuous batching),
                   chat template from the GGUF, context big enough for every slot.
@@ -76,6 +76,8 @@ def app_config(path: Path) -> None:
     naive["args"] = {**naive["args"], "engine": {**naive["args"].get("engine", {}), "max_running": 1},
                      "cache": {"enabled": False}}
     naive["deployments"] = [d for d in naive["deployments"] if d["name"] != "CacheDeployment"]
+    for d in naive["deployments"]:  # the served app reserves all 2 logical CPUs; share them
+        d["ray_actor_options"] = {"num_cpus": 0}
     cfg["applications"].append(naive)
     path.write_text(yaml.safe_dump(cfg))
 
@@ -234,9 +236,8 @@ async def run(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         cfg = Path(tempfile.mkdtemp()) / "peer_apps.yaml"
         app_config(cfg)
-        app = stack.enter_context(process(
-            [str(ROOT / ".venv" / "bin" / "serve"), "run", str(cfg)], RESULTS / "peer_app.log",
-            f"http://127.0.0.1:{APP_PORT}/healthz"))
+        app = stack.enter_context(process(["make", "-s", "serve", f"SERVE_CONFIG={cfg}"],
+                                          RESULTS / "peer_app.log", f"http://127.0.0.1:{APP_PORT}/healthz"))
         servers = {"this app": f"http://127.0.0.1:{APP_PORT}"}
         if not args.skip_naive:
             servers["naive (one at a time)"] = f"http://127.0.0.1:{APP_PORT}{NAIVE_ROUTE}"

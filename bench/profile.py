@@ -5,7 +5,7 @@
 1. Engine alone (no Ray, no HTTP), the served variant and session options from configs/local.yaml,
    at 1 and 16 streams: per decode step, the ORT run (model compute) and the rest of the step
    (Python: scheduling, IO binding, sampling, detokenizing, callbacks).
-2. The same load over HTTP against `serve run configs/local.yaml`: time per token per stream,
+2. The same load over HTTP against `make serve` (configs/local.yaml): time per token per stream,
    and the CPU each process used per generated token (proxy, ingress, LLM replica, Ray's own).
 The served time per token minus the engine-alone time per token is what Ray/HTTP costs.
 """
@@ -113,8 +113,7 @@ async def run(args: argparse.Namespace) -> None:
     engine = [engine_split(n, prompts) for n in STREAMS]
     print(engine, flush=True)
     served = []
-    with process([str(ROOT / ".venv" / "bin" / "serve"), "run", str(ROOT / "configs" / "local.yaml")],
-                 ROOT / "bench" / "results" / "profile_app.log",
+    with process(["make", "-s", "serve"], ROOT / "bench" / "results" / "profile_app.log",
                  f"http://127.0.0.1:{APP_PORT}/healthz") as app:
         root = psutil.Process(app.pid)
         await served_split(1, prompts[:2], root)  # warm-up

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from ray import serve
 from ray.serve import metrics
@@ -95,14 +96,18 @@ class EngineMetrics:
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class LLMDeployment:
-    def __init__(self, variant: str = SERVED_VARIANT, threads: int | None = None, spinning: bool = False,
+    def __init__(self, variant: str = SERVED_VARIANT, threads: int | None = None,
+                 spinning: bool | Literal["within_run"] = False,
                  device: str = "auto", engine: dict | None = None,
-                 draft_deployment: DeploymentHandle | None = None) -> None:
+                 draft_deployment: DeploymentHandle | None = None, stream_interval_ms: float = 0.0) -> None:
         args = EngineConfig(**(engine or {}))
+        self.stream_interval_s = stream_interval_ms / 1000
         local_draft = args.speculative == "model" and args.draft_placement == "replica"
-        # Two sessions alternating in one process: spin within a run, park after it.
+        # "within_run", or two sessions alternating in one process: spin within a run, park after.
+        park = local_draft or spinning == "within_run"
+        spinning = bool(spinning)
         generator = TextGenerator(built_variant_dir(variant), variant, threads=threads,
-                                  spinning=spinning, device=device, park_after_run=local_draft)
+                                  spinning=spinning, device=device, park_after_run=park)
         draft = None
         if local_draft:  # draft and target in one replica: no hop per draft
             draft = TextGenerator(built_variant_dir(args.draft_variant), args.draft_variant,
@@ -145,9 +150,14 @@ class LLMDeployment:
         if isinstance(seq, Exception):
             raise seq
         assert isinstance(seq, Sequence)
+        loop, sent_at = asyncio.get_running_loop(), None
         try:
             while True:
                 out = await queue.get()
+                # At most one message per stream interval after the first token: each message
+                # costs ~2 ms of CPU across ingress and proxy, taken from the model's cores.
+                if sent_at is not None and not out.finish_reason:
+                    await asyncio.sleep(sent_at + self.stream_interval_s - loop.time())
                 # Coalesce what queued up meanwhile: under load one message carries several
                 # tokens, so the Serve streaming path does not cost a hop per token.
                 while not queue.empty() and not out.finish_reason:
@@ -158,6 +168,7 @@ class LLMDeployment:
                 yield dataclasses.asdict(out)
                 if out.finish_reason:
                     return
+                sent_at = loop.time()
         finally:
             if not seq.finished:  # the caller went away: stop decoding, free the slot
                 self.engine.cancel(seq)

@@ -30,8 +30,13 @@ class AppArgs(BaseModel):
     llm_variant: str = Field(SERVED_VARIANT, description="LM variant to serve: fp32, q4, w8-rtn32, ... "
                                                          "(built on demand)")
     llm_threads: int | None = Field(None, ge=1, description="ORT threads; default all cores")
-    llm_spinning: bool = Field(False, description="ORT thread spinning: ~1.4x at batch 1 on cores of "
-                                                        "its own, 2x slower when anything shares them")
+    llm_spinning: bool | Literal["within_run"] = Field(
+        False, description="ORT thread spinning; 'within_run' spins during a model step and parks "
+                           "the threads after it, leaving the cores to Ray between steps. Always: "
+                           "~1.4x at batch 1 on cores of its own, 2x slower when anything shares them")
+    stream_interval_ms: float = Field(0.0, ge=0, le=1000, description="streamed tokens are sent at most "
+                                      "this often (the first at once): fewer, larger SSE chunks cost "
+                                      "Ray/HTTP less CPU per token; 0 sends each token as it comes")
     embedder_threads: int | None = Field(None, ge=1)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     cache: CacheArgs = Field(default_factory=CacheArgs)
@@ -53,7 +58,7 @@ def build_graph(args: dict, llm_options: dict | None = None,
     draft = None
     if cfg.engine.speculative == "model" and cfg.engine.draft_placement == "deployment":
         draft = DraftDeployment.options(**(draft_options or {})).bind(
-            variant=cfg.engine.draft_variant, threads=cfg.llm_threads, spinning=cfg.llm_spinning,
+            variant=cfg.engine.draft_variant, threads=cfg.llm_threads, spinning=bool(cfg.llm_spinning),
             device=cfg.device, n_slots=cfg.engine.max_running, max_seq_len=cfg.engine.max_seq_len)
     llm = LLMDeployment.options(**(llm_options or {}))
     if cfg.prefix_routing:
@@ -62,7 +67,8 @@ def build_graph(args: dict, llm_options: dict | None = None,
             request_router_kwargs={"block_size": cfg.engine.prefix_block_size}))
     llm = llm.bind(variant=cfg.llm_variant, threads=cfg.llm_threads,
                              spinning=cfg.llm_spinning, device=cfg.device,
-                             engine=cfg.engine.model_dump(), draft_deployment=draft)
+                             engine=cfg.engine.model_dump(), draft_deployment=draft,
+                             stream_interval_ms=cfg.stream_interval_ms)
     embedder = EmbedderDeployment.options(**(embedder_options or {})).bind(
         threads=cfg.embedder_threads, device=cfg.device)
     cache = CacheDeployment.bind(embedder, cfg.cache.model_dump()) if cfg.cache.enabled else None
