@@ -180,8 +180,8 @@ class Evaluation:
         for i, p in enumerate(self.pairs):
             if self.split[i] != split or hit[i] == p.same:
                 continue
-            row = {"topic": p.topic, "kind": p.kind, "a": p.a, "b": p.b, "cosine": round(float(self.cos[i]), 4),
-                   "guard": self.verdicts[i][1]}
+            row = {"topic": p.topic, "kind": p.kind, "a": p.a, "b": p.b,
+                   "cosine": round(float(self.cos[i]), 4), "guard": self.verdicts[i][1]}
             out["false_hits" if hit[i] else "missed_paraphrases"].append(row)
         return out
 
@@ -272,8 +272,8 @@ def markdown(rep: dict) -> str:
               f"{'met' if rep['meets_target'] else 'NOT met'}.", ""]
     for rule, rows in rep["table"].items():
         lines += [f"## {rule}: by threshold", "",
-                  "| threshold | tune+dev recall | tune+dev false hits | tune+dev UB | test recall | test false hits"
-                  " | test UB |", "|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| threshold | tune+dev recall | tune+dev false hits | tune+dev UB | test recall"
+                  " | test false hits | test UB |", "|---:|---:|---:|---:|---:|---:|---:|"]
         for row in rows:
             mark = " **←**" if rule == chosen["rule"] and row["threshold"] == chosen["threshold"] else ""
             lines.append(f"| {row['threshold']:.2f}{mark} | {_fmt(row['tune+dev'])} | {_fmt(row['test'])} |")
@@ -286,7 +286,8 @@ def markdown(rep: dict) -> str:
     for s in SPLITS:
         fh = rep["listing"][s]["false_hits"]
         lines += ["", f"False hits, {s}:", ""]
-        lines += [f"- {r['cosine']:.3f} [{r['topic']}/{r['kind']}] {r['a']!r} ~ {r['b']!r}" for r in fh] or ["- none"]
+        lines += [f"- {r['cosine']:.3f} [{r['topic']}/{r['kind']}] {r['a']!r} ~ {r['b']!r}"
+                  for r in fh] or ["- none"]
     return "\n".join(lines) + "\n"
 
 

@@ -306,7 +306,8 @@ CONTRAST_SETS: tuple[tuple[frozenset[str], ...], ...] = tuple(
         "zoom_in | zoom_out",
         "opt_in | opt_out",
         "plug_in | unplug plug_out",
-        "how_manner | how_long | how_far | how_many | how_much | how_old"
+        # "how many" and "how much" both ask for an amount ("how many hours of sleep")
+        "how_manner | how_long | how_far | how_many how_much | how_old"
         " | how_tall how_big how_high | how_often | how_fast",
     )
 )
