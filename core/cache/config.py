@@ -6,10 +6,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# Chosen by bench/cache_eval.py on the tune+dev topics of core/cache/data/pairs: MiniLM
+# Chosen by bench/cache_eval.py on the development topics of core/cache/data/pairs: MiniLM
 # cosine >= threshold and the guard, the highest recall whose false-hit rate has a 95 %
-# upper bound <= 1 %. The test topics were scored once at this setting; figures in
-# bench/results/cache_eval.md. tests/cache/test_cache_eval.py keeps the two equal.
+# upper bound <= 1 %. The held-out topics (data/pairs_test) were scored once at this
+# setting; figures in bench/results/cache_eval.md. tests/cache/test_cache_eval.py keeps
+# the two equal.
 DEFAULT_THRESHOLD = 0.90
 DEFAULT_GUARD = True
 

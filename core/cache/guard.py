@@ -259,6 +259,7 @@ def _quantities(toks: list[Tok]) -> tuple[list[tuple[float, str]], list[str], se
     return quantities, free_units, used
 
 
+_QUESTION_WORDS = frozenset(("when", "where", "who", "why"))
 _TEMPERATURE = frozenset(("degc", "degf", "kelvin", "deg"))
 _TIME = frozenset(("sec", "min", "h", "day", "week", "month", "year", "decade", "century"))
 
@@ -463,11 +464,17 @@ def _negatable(word: str) -> bool:
 # ("gluten-free", "km/h", "renting - which is better").
 _OPERATOR_RE = re.compile(r"[=<>!+*&|^~]+|(?<=\w )[-/](?= [\d(])")
 _WITHOUT_SUFFIX = re.compile(r"[A-Za-z]-(?:free|less)\b", re.IGNORECASE)  # gluten-free, sugar-less
+_NON_PREFIX = re.compile(r"\bnon-[A-Za-z]", re.IGNORECASE)  # non-renewable: the tokenizer splits it
 
 
 def _negations(toks: list[Tok], text: str) -> int:
     words = sum(1 for t in toks if t.kind == "word" and (t.low in lx.NEGATIONS or t.low.endswith("n't")))
-    return words + len(_WITHOUT_SUFFIX.findall(text))
+    return words + len(_WITHOUT_SUFFIX.findall(text)) + len(_NON_PREFIX.findall(text))
+
+
+def _is_letter(t: Tok) -> bool:
+    """A single capital letter is a label ("from A to Z", "plan B"), not the article."""
+    return len(t.text) == 1 and t.text.isupper() and t.text != "I"
 
 
 def _side_terms(toks: list[Tok], start: int, step: int) -> list[str]:
@@ -478,7 +485,7 @@ def _side_terms(toks: list[Tok], start: int, step: int) -> list[str]:
         t = toks[i]
         if t.kind in ("punct", "arrow") or t.low in lx.DIRECTION_MARKERS or t.low in lx.CLAUSE_BREAKS:
             break
-        if t.kind in ("word", "mixed") and t.low not in lx.STOPWORDS:
+        if t.kind in ("word", "mixed") and (t.low not in lx.STOPWORDS or _is_letter(t)):
             unit = lx.UNITS.get(t.low)
             terms.append(unit or t.stem)
         elif t.kind == "deg":
@@ -533,10 +540,18 @@ def _phrases(toks: list[Tok]) -> tuple[set[str], set[int]]:
     return out, consumed
 
 
+def _next_low(toks: list[Tok], i: int) -> str:
+    return toks[i + 1].low if i + 1 < len(toks) else ""
+
+
 def _build(
     text: str, toks: list[Tok], quantities: list[tuple[float, str]], free_units: list[str], used: set[int]
 ) -> Features:
-    stems = {t.stem for t in toks if t.kind == "word"}
+    # a question word in capitals inside lower-case text is a keyword (SQL's WHERE),
+    # not the kind of question
+    words = [t for t in toks if t.kind == "word"]
+    shouting = sum(t.text.isupper() for t in words) > len(words) / 2
+    stems = {t.stem for t in words if shouting or not (t.low in _QUESTION_WORDS and t.text.isupper())}
     bigrams, consumed = _phrases(toks)
     strong, weak = _entities(toks, used)
     return Features(
@@ -556,6 +571,7 @@ def _build(
             and i not in used  # numbers and their units were compared already
             and t.low not in lx.STOPWORDS
             and t.low not in lx.FILLER
+            and not (t.low in lx.FRAMING_VERBS and (t.sent_start or _next_low(toks, i) in ("me", "us")))
             and t.low not in lx.DIRECTION_MARKERS
             and t.low not in lx.NEGATIONS
         ),

@@ -21,34 +21,53 @@ def pairs() -> list[ce.Pair]:
     return ce.load_pairs()
 
 
-def test_pair_set_is_large_and_varied(pairs):
-    assert len(pairs) >= 1500
-    assert len({(p.a, p.b) for p in pairs}) == len(pairs)
-    labels = Counter(p.same for p in pairs)
+@pytest.fixture(scope="module")
+def test_pairs() -> list[ce.Pair]:
+    return ce.load_pairs(ce.TEST_DIR)
+
+
+def test_pair_set_is_large_and_varied(pairs, test_pairs):
+    everything = pairs + test_pairs
+    assert len(everything) >= 1500
+    assert len({(p.a, p.b) for p in everything}) == len(everything)
+    labels = Counter(p.same for p in everything)
     assert labels[True] >= 700 and labels[False] >= 700
-    assert len({p.topic for p in pairs}) >= 60
-    assert len({p.kind for p in pairs if p.same}) >= 10 and len({p.kind for p in pairs if not p.same}) >= 10
+    assert len({p.topic for p in everything}) >= 60
+    assert len({p.kind for p in everything if p.same}) >= 10
+    assert len({p.kind for p in everything if not p.same}) >= 10
 
 
-def test_splits_are_topic_disjoint(pairs):
-    split_of = ce.assign_splits(pairs)
-    topics = {s: {p.topic for p in pairs if split_of[p.topic] == s} for s in ce.SPLITS}
-    assert not topics["tune"] & topics["dev"] and not topics["tune"] & topics["test"]
-    assert not topics["dev"] & topics["test"]
-    # each split holds both labels and roughly its share of the pairs
+def test_splits_are_topic_disjoint(pairs, test_pairs):
+    split_of = ce.assign_splits(pairs, test_pairs)
+    everything = pairs + test_pairs
+    topics = {s: {p.topic for p in everything if split_of[p.topic] == s} for s in ce.SPLITS}
+    for i, a in enumerate(ce.SPLITS):
+        for b in ce.SPLITS[i + 1:]:
+            assert not topics[a] & topics[b], (a, b)
+    assert topics["test"] == {p.topic for p in test_pairs}
+    # each split holds both labels; development splits roughly their share
     for s in ce.SPLITS:
-        members = [p for p in pairs if split_of[p.topic] == s]
+        members = [p for p in everything if split_of[p.topic] == s]
         assert {p.same for p in members} == {True, False}
-        assert abs(len(members) / len(pairs) - ce.SPLIT_SHARES[s]) < 0.05
-    # a prompt of a test pair never appears in a tune or dev pair
-    seen = {t for p in pairs if split_of[p.topic] != "test" for t in (p.a, p.b)}
-    assert not {t for p in pairs if split_of[p.topic] == "test" for t in (p.a, p.b)} & seen
+        if s in ce.DEVELOPMENT:
+            assert abs(len(members) / len(pairs) - ce.SPLIT_SHARES[s]) < 0.05
+    # no prompt of a test pair appears in a development pair
+    seen = {t for p in pairs for t in (p.a, p.b)}
+    assert not {t for p in test_pairs for t in (p.a, p.b)} & seen
+    # the near misses of the test split can bound a false-hit rate under 1 % with one false hit
+    assert ce.clopper_pearson_upper(1, sum(not p.same for p in test_pairs)) <= ce.MAX_FALSE_HIT_UB
 
 
 def test_split_depends_on_topics_only(pairs):
     shuffled = pairs[:]
     random.Random(0).shuffle(shuffled)
     assert ce.assign_splits(shuffled) == ce.assign_splits(pairs)
+
+
+def test_a_test_topic_in_development_is_refused(pairs):
+    leaked = [ce.Pair(pairs[0].topic, True, "reword", "x?", "y?")]
+    with pytest.raises(ValueError, match="development"):
+        ce.assign_splits(pairs, leaked)
 
 
 def test_load_pairs_rejects_malformed_lines(tmp_path):
@@ -76,11 +95,12 @@ def test_clopper_pearson_upper_bound():
 def test_served_default_is_the_evaluated_choice(pairs):
     """config.py's defaults must be what bench/cache_eval.py chose on tune+dev."""
     report = json.loads(RESULTS.read_text())
-    assert sum(v["pairs"] for v in report["splits"].values()) == len(pairs), "pairs changed: rerun cache_eval"
+    total = len(pairs) + len(ce.load_pairs(ce.TEST_DIR))
+    assert sum(v["pairs"] for v in report["splits"].values()) == total, "pairs changed: rerun cache_eval"
     assert report["chosen"]["threshold"] == DEFAULT_THRESHOLD
     assert report["chosen"]["guard"] is DEFAULT_GUARD
     config = CacheConfig(data_dir=Path("/tmp/unused"))
     assert (config.threshold, config.guard) == (DEFAULT_THRESHOLD, DEFAULT_GUARD)
-    # the choice was made on tune+dev within the bound
-    assert report["rule"]["chosen_on"] == ["tune", "dev"]
-    assert report["result"]["tune+dev"]["false_hit_ub"] <= ce.MAX_FALSE_HIT_UB
+    # the choice was made on the development splits, within the bound
+    assert report["rule"]["chosen_on"] == list(ce.DEVELOPMENT) and "test" not in ce.DEVELOPMENT
+    assert report["result"]["development"]["false_hit_ub"] <= ce.MAX_FALSE_HIT_UB

@@ -161,6 +161,17 @@ def test_guard_is_fast():
         ("What is the capital of Colombia?", "What is the capital of Columbia?", "entities"),
         # a lone temperature letter next to a real temperature is still a unit
         ("Convert 72 F to C", "Convert 72 F to K", "units"),
+        # times of day
+        ("What time is it in Tokyo at 9 am in London?", "What time is it in Tokyo at 9 pm in London?",
+         "numbers"),
+        # "give" frames a request only at the start or before "me"
+        ("Do I pay tax when I receive a gift?", "Do I pay tax when I give a gift?", "one word"),
+        # letters as labels around a direction word
+        ("How do I sort a column from A to Z?", "How do I sort a column from Z to A?", "term order"),
+        # who / when / where / why / how ...: one set of question kinds
+        ("Who built the pyramids?", "How were the pyramids built?", "contrast"),
+        # "non-" negates though the tokenizer splits the word
+        ("What are renewable energy sources?", "What are non-renewable energy sources?", "negations"),
     ],
 )
 def test_rejects_near_misses_new_rules(a, b, reason):
@@ -181,6 +192,10 @@ def test_rejects_near_misses_new_rules(a, b, reason):
         ("What is a pointer in C?", "what is a pointr in c"),  # C the language, not Celsius
         ("How many hours of sleep do adults need?", "How much sleep does an adult need?"),
         ("What is 1 joule in calories?", "How many calories is one joule?"),
+        ("Give me some tips to improve my handwriting.", "Tips to improve my handwriting?"),
+        ("What is the difference between WHERE and HAVING in SQL?",
+         "In SQL, how does WHERE differ from HAVING?"),
+        ("HOW DO I PURIFY WATER WHEN CAMPING", "How do I purify water when camping?"),
         ("Mortgage vs. renting: which is better financially?", "Mortgage vs renting - which is better?"),
     ],
 )
