@@ -71,6 +71,8 @@ class Features:
     contrasts: frozenset[str]  # stemmed tokens that belong to a contrast set
     content: tuple[str, ...]  # content-word stems in order, for swapped roles
     directed: frozenset[tuple[str, str]]  # (left, right) terms around to/vs/than
+    operators: tuple[str, ...]  # code and maths operators in order: "is None" vs "== None"
+    bare_one: bool  # the word "one" not read as a number ("which one"), maybe a spelled-out 1
 
 
 def _tokenize(text: str) -> list[Tok]:
@@ -206,6 +208,7 @@ def _unit_at(toks: list[Tok], i: int, attached: bool) -> tuple[str, int] | None:
 def _quantities(toks: list[Tok]) -> tuple[list[tuple[float, str]], list[str], set[int]]:
     """Numbers with their attached unit, the free units, and token indexes used."""
     quantities: list[tuple[float, str]] = []
+    free: list[tuple[str, int, int]] = []  # (unit, first token, tokens), decided at the end
     free_units: list[str] = []
     used: set[int] = set()
     i = 0
@@ -245,12 +248,42 @@ def _quantities(toks: list[Tok]) -> tuple[list[tuple[float, str]], list[str], se
         if i not in used and not before_number:
             unit = _unit_at(toks, i, False)
             if unit and unit[0]:
-                free_units.append(unit[0])
-                used.update(range(i, i + unit[1]))
+                free.append((unit[0], i, unit[1]))
                 i += unit[1]
                 continue
         i += 1
+    for unit, start, span in free:
+        if _is_unit_here(toks, start, unit, quantities, free):
+            free_units.append(unit)
+            used.update(range(start, start + span))
     return quantities, free_units, used
+
+
+_QUESTION_WORDS = frozenset(("when", "where", "who", "why"))
+_TEMPERATURE = frozenset(("degc", "degf", "kelvin", "deg"))
+_TIME = frozenset(("sec", "min", "h", "day", "week", "month", "year", "decade", "century"))
+
+
+def _is_unit_here(
+    toks: list[Tok], i: int, unit: str, quantities: list[tuple[float, str]], free: list[tuple[str, int, int]]
+) -> bool:
+    """Is a unit word with no number a unit in this prompt, or an ordinary word?
+
+    A lone "C" is a language ("pointers in C") unless something else in the prompt
+    is a temperature; with no number at all, "ML" is machine learning and "hours",
+    "daily" describe the question ("hours of sleep"), they are no conversion
+    target. Such words stay content words, so the word checks still see them.
+    """
+    text = toks[i].text
+    if len(text) == 1 and unit in _TEMPERATURE:
+        others = [u for u, j, _ in free if j != i and (u in _TEMPERATURE)]
+        return any(u in _TEMPERATURE for _, u in quantities) or bool(others)
+    if quantities or (i > 0 and toks[i - 1].low in _RATE_WORDS):
+        return True  # "per day", "every week": a rate, not a description
+    return unit not in _TIME and not (len(text) > 1 and text.isupper())
+
+
+_RATE_WORDS = frozenset(("per", "a", "an", "every", "each"))
 
 
 def _entities(toks: list[Tok], used: set[int]) -> tuple[set[str], set[str]]:
@@ -323,25 +356,90 @@ def _same_word(a: str, b: str) -> bool:
 
     Short words must match exactly: "cat"/"car" are two different words.
     """
-    if a == b or _root(a) == _root(b):
+    if a == b or _root(a) == _root(b) or _same_family(a, b):
         return True
     if lx.SYNONYM_INDEX.get(a, set()) & lx.SYNONYM_INDEX.get(b, set()):
         return True
-    return min(len(a), len(b)) >= 5 and _one_edit(a, b)
+    return (min(len(a), len(b)) >= 5 and _one_edit(a, b)) or _typo(a, b)
 
 
-def _one_word_swapped(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, str] | None:
-    """The same sentence with one content word replaced: "... symbol for gold/silver".
+def _same_family(a: str, b: str) -> bool:
+    """One word derived from the other: danger/dangerous, convert/conversion, director/directed.
+
+    After one derivational suffix is cut from each, one root must be the other
+    plus at most 2 letters, on a shared start of 5+ letters: so "import" and
+    "important", "invest" and "investigate" stay different words.
+    """
+    for ra in (a, _cut_suffix(a)):
+        for rb in (b, _cut_suffix(b)):
+            short, long = (ra, rb) if len(ra) <= len(rb) else (rb, ra)
+            if len(short) >= 5 and long.startswith(short) and len(long) - len(short) <= 2:
+                return True
+    return False
+
+
+_DERIVATIONAL = ("ation", "ition", "sion", "tion", "ment", "ness", "ity", "ous", "ive", "ing", "ion",
+                 "ed", "er", "or", "al", "ly", "es", "s", "e")
+
+
+def _cut_suffix(word: str) -> str:
+    for suffix in _DERIVATIONAL:
+        if len(word) - len(suffix) >= 4 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def _typo(a: str, b: str) -> bool:
+    """A typing slip that makes no other word: a letter doubled ("bagg"), or one dropped,
+    added or swapped inside a word of 4+ letters ("rivr", "imge", "staion").
+
+    Substitutions and slips at either end are left out: "Iceland"/"Ireland",
+    "bear"/"beard" are different words.
+    """
+    if len(a) > len(b):
+        a, b = b, a
+    if len(a) < 3 or a[0] != b[0] or a[-1] != b[-1] and len(a) == len(b):
+        return False
+    if len(b) == len(a) + 1:
+        i = next((k for k in range(len(a)) if a[k] != b[k]), len(a))
+        if a[i:] != b[i + 1 :]:
+            return False
+        doubled = b[i] == b[i - 1] or (i + 1 < len(b) and b[i] == b[i + 1])
+        return doubled or (len(a) >= 4 and 0 < i < len(a))
+    if len(a) == len(b) and len(a) >= 4:
+        diff = [k for k in range(len(a)) if a[k] != b[k]]
+        i, j = diff if len(diff) == 2 else (0, 0)
+        return j == i + 1 and a[i] == b[j] and a[j] == b[i]
+    return False
+
+
+def _one_phrase_swapped(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, str] | None:
+    """The same sentence with one word or two-word phrase replaced: "... symbol for
+    gold/silver", "change my car's oil/air filter".
 
     A one-word synonym that is not listed ("translate"/"say") is rejected too:
-    a miss costs less than serving the answer about silver for gold.
+    a miss costs less than serving the answer about silver for gold. The shared
+    words around the replaced phrase must be 2+ (else the sentences share too
+    little to call it one replacement), and words of one family, typos and
+    compounds ("backup"/"back up") are no replacement.
     """
-    if len(a) != len(b):
+    if len(a) == len(b):
+        diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+        if len(diff) == 1 and not _same_word(*diff[0]):
+            return diff[0]
+    n = min(len(a), len(b))
+    lo = 0
+    while lo < n and a[lo] == b[lo]:
+        lo += 1
+    hi = 0
+    while hi < n - lo and a[-1 - hi] == b[-1 - hi]:
+        hi += 1
+    ra, rb = a[lo : len(a) - hi], b[lo : len(b) - hi]
+    if not ra or not rb or len(ra) > 2 or len(rb) > 2 or lo + hi < 2:
+        return None  # an insertion ("newborn baby") or a rewording, not a swap
+    if "".join(ra) == "".join(rb) or any(_same_word(x, y) for x in ra for y in rb):
         return None
-    diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
-    if len(diff) == 1 and not _same_word(*diff[0]):
-        return diff[0]
-    return None
+    return " ".join(ra), " ".join(rb)
 
 
 def _prefix_negated(a: frozenset[str], b: frozenset[str]) -> tuple[str, str] | None:
@@ -361,12 +459,22 @@ def _negatable(word: str) -> bool:
     return len(word) >= 4 and word not in lx.STOPWORDS
 
 
+# Operators the tokenizer drops: "==", "<=", "+", "**"; a "-" or "/" only spaced and
+# before a number ("3x - 7"): in words, units and prose they join or dash
+# ("gluten-free", "km/h", "renting - which is better").
+_OPERATOR_RE = re.compile(r"[=<>!+*&|^~]+|(?<=\w )[-/](?= [\d(])")
 _WITHOUT_SUFFIX = re.compile(r"[A-Za-z]-(?:free|less)\b", re.IGNORECASE)  # gluten-free, sugar-less
+_NON_PREFIX = re.compile(r"\bnon-[A-Za-z]", re.IGNORECASE)  # non-renewable: the tokenizer splits it
 
 
 def _negations(toks: list[Tok], text: str) -> int:
     words = sum(1 for t in toks if t.kind == "word" and (t.low in lx.NEGATIONS or t.low.endswith("n't")))
-    return words + len(_WITHOUT_SUFFIX.findall(text))
+    return words + len(_WITHOUT_SUFFIX.findall(text)) + len(_NON_PREFIX.findall(text))
+
+
+def _is_letter(t: Tok) -> bool:
+    """A single capital letter is a label ("from A to Z", "plan B"), not the article."""
+    return len(t.text) == 1 and t.text.isupper() and t.text != "I"
 
 
 def _side_terms(toks: list[Tok], start: int, step: int) -> list[str]:
@@ -377,7 +485,7 @@ def _side_terms(toks: list[Tok], start: int, step: int) -> list[str]:
         t = toks[i]
         if t.kind in ("punct", "arrow") or t.low in lx.DIRECTION_MARKERS or t.low in lx.CLAUSE_BREAKS:
             break
-        if t.kind in ("word", "mixed") and t.low not in lx.STOPWORDS:
+        if t.kind in ("word", "mixed") and (t.low not in lx.STOPWORDS or _is_letter(t)):
             unit = lx.UNITS.get(t.low)
             terms.append(unit or t.stem)
         elif t.kind == "deg":
@@ -432,10 +540,18 @@ def _phrases(toks: list[Tok]) -> tuple[set[str], set[int]]:
     return out, consumed
 
 
+def _next_low(toks: list[Tok], i: int) -> str:
+    return toks[i + 1].low if i + 1 < len(toks) else ""
+
+
 def _build(
     text: str, toks: list[Tok], quantities: list[tuple[float, str]], free_units: list[str], used: set[int]
 ) -> Features:
-    stems = {t.stem for t in toks if t.kind == "word"}
+    # a question word in capitals inside lower-case text is a keyword (SQL's WHERE),
+    # not the kind of question
+    words = [t for t in toks if t.kind == "word"]
+    shouting = sum(t.text.isupper() for t in words) > len(words) / 2
+    stems = {t.stem for t in words if shouting or not (t.low in _QUESTION_WORDS and t.text.isupper())}
     bigrams, consumed = _phrases(toks)
     strong, weak = _entities(toks, used)
     return Features(
@@ -455,10 +571,13 @@ def _build(
             and i not in used  # numbers and their units were compared already
             and t.low not in lx.STOPWORDS
             and t.low not in lx.FILLER
+            and not (t.low in lx.FRAMING_VERBS and (t.sent_start or _next_low(toks, i) in ("me", "us")))
             and t.low not in lx.DIRECTION_MARKERS
             and t.low not in lx.NEGATIONS
         ),
         directed=frozenset(_directed(toks)),
+        operators=tuple(op for op in _OPERATOR_RE.findall(text) if op != "!"),
+        bare_one=any(t.low == "one" and i not in used for i, t in enumerate(toks)),
     )
 
 
@@ -510,7 +629,8 @@ def _swapped(a: frozenset[tuple[str, str]], b: frozenset[tuple[str, str]]) -> tu
 
 def _missing(fa: Features, fb: Features) -> set[str]:
     """Names of ``fa`` that ``fb`` does not mention (case-insensitive)."""
-    out = {e for e in fa.entities if e not in fb.words}
+    out = {e for e in fa.entities
+           if e not in fb.words and not (len(e) >= 5 and any(_typo(e, w) for w in fb.words))}
     out.update(e for e in fa.weak_entities if e not in fb.words and not _near(e, fb.words))
     return out
 
@@ -523,10 +643,16 @@ def check(a: str, b: str) -> tuple[bool, str]:
     if a == b:
         return True, "ok"
     fa, fb = features(a), features(b)
-    if fa.quantities != fb.quantities:
-        if sorted(fa.quantities) == sorted(fb.quantities):
+    qa, qb = fa.quantities, fb.quantities
+    if qa != qb:  # "1 joule" vs "one joule": a bare 1 matches a spelled-out "one" not read as a number
+        qa = tuple(q for q in qa if not (fb.bare_one and q == (1.0, "")))
+        qb = tuple(q for q in qb if not (fa.bare_one and q == (1.0, "")))
+    if qa != qb:
+        if sorted(qa) == sorted(qb):
             return False, "number order differs"
         return False, f"numbers differ: {_fmt(fa.quantities)} vs {_fmt(fb.quantities)}"
+    if fa.operators != fb.operators:
+        return False, f"operators differ: {' '.join(fa.operators)} vs {' '.join(fb.operators)}"
     if fa.ordinals != fb.ordinals:
         return False, "ordinals differ"
     units_a, units_b = fa.free_units, fb.free_units
@@ -551,7 +677,7 @@ def check(a: str, b: str) -> tuple[bool, str]:
     negated = _prefix_negated(fa.words, fb.words)
     if negated:
         return False, f"negated word: {negated[0]} vs {negated[1]}"
-    swapped = _one_word_swapped(fa.content, fb.content)
+    swapped = _one_phrase_swapped(fa.content, fb.content)
     if swapped:
         return False, f"one word differs: {swapped[0]} vs {swapped[1]}"
     return True, "ok"

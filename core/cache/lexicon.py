@@ -87,7 +87,7 @@ UNITS: dict[str, str] = {w: unit for unit, words in _UNIT_GROUPS.items() for w i
 SHORT_UNITS: dict[str, str] = {
     "F": "degf", "C": "degc", "K": "kelvin", "f": "degf", "c": "degc", "k": "kelvin",
     "m": "m", "g": "g", "l": "l", "s": "sec", "second": "sec", "sec": "sec", "min": "min",
-    "h": "h", "mi": "mi", "t": "t",
+    "h": "h", "mi": "mi", "t": "t", "am": "am", "pm": "pm",
 }  # fmt: skip
 
 SYMBOL_UNITS: dict[str, str] = {"$": "usd", "€": "eur", "£": "gbp", "¥": "jpy", "%": "pct"}
@@ -131,11 +131,14 @@ STOPWORDS: frozenset[str] = frozenset(
     whats i'd i've you're""".split()
 )
 
-# Words that frame a request without changing it ("give me", "a good ..."):
+# Words that frame a request without changing it ("a good ...", "please"):
 # left out of the word-order and one-word-difference checks.
-FILLER: frozenset[str] = frozenset(
-    """give tell show list recommend suggest provide share want need know help let get got
-    good nice great please kindly thanks thank hi hey hello""".split()
+FILLER: frozenset[str] = frozenset("good nice great please kindly thanks thank hi hey hello".split())
+
+# Verbs that frame a request only at the start of a sentence or before "me"/"us"
+# ("Give me ...", "Recommend some ..."); elsewhere they are content: "when I give a gift".
+FRAMING_VERBS: frozenset[str] = frozenset(
+    "give tell show list recommend suggest provide share want need know help let get got".split()
 )
 
 # Interchangeable words: replacing one by another keeps the question. Sides
@@ -299,14 +302,15 @@ CONTRAST_SETS: tuple[tuple[frozenset[str], ...], ...] = tuple(
         "upgrade | downgrade",
         "key | value",
         "row | column",
-        "when | where | who | why",
         "turn_on switch_on power_on start_up | turn_off switch_off power_off shut_down",
         "log_in sign_in login signin logon | log_out sign_out logout signout logoff",
         "check_in | check_out",
         "zoom_in | zoom_out",
         "opt_in | opt_out",
         "plug_in | unplug plug_out",
-        "how_manner | how_long | how_far | how_many | how_much | how_old"
+        # The kind of answer asked for. "how many" and "how much" both ask for an amount
+        # ("how many hours of sleep").
+        "when | where | who | why | how_manner | how_long | how_far | how_many how_much | how_old"
         " | how_tall how_big how_high | how_often | how_fast",
     )
 )
