@@ -7,7 +7,9 @@ Servers (all up for the whole run, each measured in turn, round-robin so each se
   this app        configs/local.yaml started by `make serve`, exactly as the README starts it;
   naive           the same graph with engine.max_running 1 (one request at a time), second app;
   llama-server    llama.cpp's server, -t 2, --parallel 16 and --parallel 32 (continuous batching),
-                  chat template from the GGUF, context big enough for every slot.
+                  and --parallel 16 with its n-gram speculation (--spec-type ngram-simple) at 1 and 4
+                  streams; chat template from the GGUF, context big enough for every slot.
+                  Each level compares against the fastest llama-server configuration there.
 Load: closed loop at 1/4/16/32/64 streams, distinct 128-token prompts (`Cache-Control: no-store`),
 128 new tokens with EOS ignored, streamed. Batch 1 also times the engine alone (no Ray, no HTTP).
 While a peer is measured this app sits idle; its processes' CPU over those turns is recorded
@@ -39,7 +41,13 @@ LLAMA_SERVER = ROOT / ".venv-peer" / "bin" / "llama-server"
 APP_PORT, NAIVE_ROUTE = 8000, "/naive"
 PROMPT_TOKENS, NEW_TOKENS = 128, 128
 # streams -> measured requests per server per round (past the ramp at 16+; bounded run time)
-PLAN = {1: 4, 4: 8, 16: 32, 32: 48, 64: 96}
+PLAN = {1: 4, 4: 8, 16: 32, 32: 48, 64: 64}
+ALL = tuple(PLAN)
+# label -> (llama-server --parallel, extra flags, levels measured): slots beyond 16 matter only
+# with more than 16 streams; speculation only where a step has few rows to verify.
+PEERS = {"llama-server --parallel 16": (16, [], ALL),
+         "llama-server --parallel 32": (32, [], (16, 32, 64)),
+         "llama-server --parallel 16, ngram spec": (16, ["--spec-type", "ngram-simple"], (1, 4))}
 NAIVE_LEVELS = (1, 4, 16)  # one at a time at 64 streams would take ~10 min a round to say the same
 WORDS = ("river mountain garden window planet music letter engine forest silver harbor candle market "
          "winter thunder paper bridge castle orange doctor island rocket violin desert falcon puzzle "
@@ -100,12 +108,12 @@ def process(cmd: list[str], log: Path, ready_url: str, timeout_s: float = 300,
         stop(proc, grace_s=30)
 
 
-def llama_server_cmd(port: int, parallel: int) -> list[str]:
+def llama_server_cmd(port: int, parallel: int, extra: list[str]) -> list[str]:
     # The context is split evenly between the slots (kv_unified off by default here).
     ctx = parallel * 512  # per slot: the 128-token prompt, 128 new tokens, room to spare
     return [str(LLAMA_SERVER), "-m", str(gguf_path()), "--host", "127.0.0.1", "--port", str(port),
             "-t", "2", "-tb", "2", "--parallel", str(parallel), "-c", str(ctx), "--jinja",
-            "--alias", MODEL, "--no-webui"]
+            "--alias", MODEL, "--no-webui", *extra]
 
 
 def tree_cpu_seconds(proc: subprocess.Popen) -> float:
@@ -241,12 +249,16 @@ async def run(args: argparse.Namespace) -> None:
         servers = {"this app": f"http://127.0.0.1:{APP_PORT}"}
         if not args.skip_naive:
             servers["naive (one at a time)"] = f"http://127.0.0.1:{APP_PORT}{NAIVE_ROUTE}"
-        for i, parallel in enumerate(args.parallel):
+        levels_of = {"naive (one at a time)": NAIVE_LEVELS}
+        for i, (label, (parallel, extra, peer_levels)) in enumerate(PEERS.items()):
+            if (args.skip_spec_peer and extra) or not set(peer_levels) & set(levels):
+                continue
             port = 8091 + i
-            stack.enter_context(process(llama_server_cmd(port, parallel),
-                                        RESULTS / f"peer_llama_server_{parallel}.log",
+            stack.enter_context(process(llama_server_cmd(port, parallel, extra),
+                                        RESULTS / f"peer_llama_server_{i}.log",
                                         f"http://127.0.0.1:{port}/health"))
-            servers[f"llama-server --parallel {parallel}"] = f"http://127.0.0.1:{port}"
+            servers[label] = f"http://127.0.0.1:{port}"
+            levels_of[label] = peer_levels
         # Warm every server (first-request costs), then measure.
         warm = make_prompts(2, PROMPT_TOKENS, seed=99)
         for label, url in servers.items():
@@ -257,7 +269,7 @@ async def run(args: argparse.Namespace) -> None:
         idle_cpu: list[float] = []
         seed = 0
         for streams in levels:
-            order = [s for s in servers if not (s.startswith("naive") and streams not in NAIVE_LEVELS)]
+            order = [s for s in servers if streams in levels_of.get(s, ALL)]
             for rnd in range(args.rounds):
                 for label in order if rnd % 2 == 0 else order[::-1]:  # ABBA...: drift cancels
                     seed += 1
@@ -286,8 +298,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, nargs="+", default=list(PLAN))
-    ap.add_argument("--parallel", type=int, nargs="+", default=[16, 32],
-                    help="llama-server --parallel settings to compare against")
+    ap.add_argument("--skip-spec-peer", action="store_true", help="no llama-server with ngram spec")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--out", default="peer")
