@@ -19,7 +19,7 @@ from core.build.artifacts import build_embedder, build_llm
 from core.quant.embedder_quant import evaluate_embedder
 from core.quant.evaluate import evaluate_lm
 from core.quant.quantizer import available_algorithms
-from core.quant.report import table
+from core.quant.report import PAIRED_NOTE, paired_table, table
 from core.quant.variants import variant_names
 
 from .common import RESULTS, machine, markdown_table, write
@@ -45,9 +45,9 @@ def main() -> None:
             "round by round; decode: median step of the best round; prefill: best round.\n\n"
             "## SmolLM2-135M-Instruct\n\n" + table(rows) + "\n"
             + "".join(f"- {r['name']}: speed-up {r['decode_speedup_vs_fp32']}x (decode b=1), prefill "
-                      f"{r['prefill_ratio_vs_fp32']}x fp32's time; missed questions: "
-                      f"{', '.join(r['task_wrong']) or 'none'}\n" for r in rows)
+                      f"{r['prefill_ratio_vs_fp32']}x fp32's time\n" for r in rows)
             + "".join(f"- {k.upper()}: not run, {v}\n" for k, v in unavailable.items())
+            + "\n### Task accuracy vs fp32, paired\n\n" + paired_table(rows) + "\n" + PAIRED_NOTE + "\n"
             + "\n## all-MiniLM-L6-v2 (48 sentences of core/quant/data/sentences.txt)\n\n"
             + markdown_table(
                 ["variant", "MB", "texts/s one at a time", "texts/s batch of 48", "cosine to fp32 mean",

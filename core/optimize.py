@@ -1,9 +1,11 @@
 """`python -m core.optimize --target-latency-ms 30 --max-ppl-increase 2%`: measure first, then choose.
 
 Benchmarks the fp32 baseline and every candidate variant side by side (building missing ones),
-picks the fastest within the quality budget (core/quant/chooser.py), and writes the Serve config
-(configs/optimized.yaml, from configs/local.yaml), bench/results/optimizer.{md,json} and a PNG of
-latency vs quality. Exit status 0; with --strict, 3 when no variant meets both limits.
+prints the paired comparison with fp32 on the hand-written task set, picks the fastest within the
+quality budget (core/quant/chooser.py: perplexity, and never a variant significantly worse than fp32
+by that paired test), and writes the Serve config (configs/optimized.yaml, from configs/local.yaml),
+bench/results/optimizer.{md,json} and a PNG of latency vs quality.
+Exit status 0; with --strict, 3 when no variant meets both limits.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 
 from .quant.chooser import LATENCY_METRICS, Budget, choose, parse_fraction
-from .quant.report import REPO, plot, report, write_config
+from .quant.report import REPO, paired_table, plot, report, write_config
 from .quant.variants import variant_names
 from .timing import machine
 
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.candidates.split(",") if n.strip()]
     rows = evaluate_lm(build_llm(), names, args.threads, args.spinning, args.repeats, rss=not args.no_rss)
     choice = choose(rows, budget, args.device)
+    print("Task accuracy vs fp32, paired (a significantly worse variant is never picked):")
+    print(paired_table(rows))
     print(choice.message)
     if choice.pick is None:
         return 3

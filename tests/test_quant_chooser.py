@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from core.optimize import parse_args
+from core.quant.checker import is_correct
 from core.quant.chooser import Budget, choose, excess, parse_fraction
-from core.quant.quality import embedder_quality, is_correct, prefix_agreement
+from core.quant.quality import embedder_quality, prefix_agreement
 from core.quant.report import REPO, table, write_config
 
 

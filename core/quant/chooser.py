@@ -1,7 +1,8 @@
 """The optimizer's decision, as pure functions over measured rows (one dict per variant).
 
-Rule: among variants for this device that meet the quality budget (perplexity ratio vs fp32, and
-optional floors on task accuracy and top-1 agreement) and the latency target, serve the fastest.
+Rule: among variants for this device that meet the quality budget (perplexity ratio vs fp32, not
+significantly worse than fp32 on the task set by the paired test of core/quant/paired.py, and optional
+floors on task accuracy and top-1 agreement) and the latency target, serve the fastest.
 Timings on a shared 2-core machine jitter by a few percent, so variants within `tie_tolerance` of
 the fastest count as tied and the tie goes to the better perplexity ratio.
 If none meets both, say so, name the one that comes closest (smallest relative excess over the two
@@ -49,6 +50,10 @@ def quality_failures(row: dict, budget: Budget) -> list[str]:
     limit = 1 + budget.max_ppl_increase
     if row["ppl_ratio"] > limit:
         out.append(f"ppl x{row['ppl_ratio']:.3f} > x{limit:.3f}")
+    if row.get("significantly_worse"):
+        lo, hi = row["acc_diff_ci"]
+        out.append(f"significantly worse than fp32 on tasks: {row['acc_diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+                   f"b/c {row['discordant'][0]}/{row['discordant'][1]}, p {row['mcnemar_p']:.3g}")
     if budget.min_task_accuracy is not None and row["task_accuracy"] < budget.min_task_accuracy:
         out.append(f"task accuracy {row['task_accuracy']:.2f} < {budget.min_task_accuracy:.2f}")
     if budget.min_top1 is not None and row["top1_agreement"] < budget.min_top1:

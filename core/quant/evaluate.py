@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..llm.chat_tokenizer import ChatTokenizer
-from .quality import LMReference
+from .quality import LMReference, answer_all, load_jsonl, task_metrics
 from .speed import load_runner, measure_speed, peak_rss_mb
 from .variants import ensure_variant, spec
 
@@ -43,3 +43,20 @@ def evaluate_lm(model_dir: Path, names: list[str], threads: int = 2, spinning: b
             row["peak_rss_mb"] = peak_rss_mb(model_dir, n, threads)
         rows.append(row)
     return rows
+
+
+def evaluate_tasks(model_dir: Path, names: list[str], threads: int = 2, progress: bool = True,
+                   max_questions: int | None = None) -> list[dict]:
+    """The task-set part of evaluate_lm alone (no timing, no perplexity): one row per variant, fp32 first."""
+    from tqdm import tqdm
+
+    names = ["fp32"] + [n for n in dict.fromkeys(names) if n != "fp32"]
+    chat = ChatTokenizer(model_dir)
+    questions = load_jsonl("tasks.jsonl")[:max_questions]
+    answers = {}
+    for n in tqdm(names, desc="task set", unit="variant", disable=not progress):
+        ensure_variant(model_dir, n, progress)
+        answers[n] = answer_all(load_runner(model_dir, n, threads), chat, questions)
+    ref_ids, ref_correct = answers["fp32"]
+    return [{"name": n, "technique": spec(n).technique, "questions": len(questions),
+             **task_metrics(ref_ids, ref_correct, *answers[n])} for n in names]

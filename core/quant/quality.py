@@ -6,17 +6,16 @@ LM metrics (the fp32 outputs are computed once, in an LMReference):
   top1           teacher-forced agreement of the argmax next token with fp32's
   greedy         64 greedy tokens per prompt of prompts.jsonl: mean fraction of the 64 that match
                  fp32's before the first divergence (an aggregate like perplexity hides such flips)
-  task_acc       share of questions.jsonl (questions fp32 answers right) the variant answers right
+  task_accuracy  share of tasks.jsonl (hand-written, unselected) answered right, greedy, through the
+                 chat template (core/quant/checker.py); with fp32's answers, a paired comparison
+                 (core/quant/paired.py) and answers_identical: greedy answers token for token fp32's
 Embedder metrics: cosine of each sentence's vector to fp32's, and whether each sentence's nearest
 neighbour in sentences.txt stays the same.
-
-`python -m core.quant.quality --select-questions` rebuilds questions.jsonl from the candidates.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +24,12 @@ import numpy as np
 from ..llm.chat_tokenizer import ChatTokenizer
 from ..llm.model_runner import ModelRunner
 from .calibration import token_chunks
+from .checker import is_correct
+from .paired import paired_vs_fp32
 
 DATA = Path(__file__).parent / "data"
 GREEDY_TOKENS = 64
+ANSWER_TOKENS = 24  # years and sums come after a restated question: 16 cut some off
 
 
 def load_jsonl(name: str) -> list[dict]:
@@ -82,21 +84,23 @@ def prefix_agreement(ref: list[int], seq: list[int], n: int = GREEDY_TOKENS) -> 
     return same / n
 
 
-def is_correct(text: str, answers: list[str]) -> bool:
-    """An answer counts when one of the accepted answers appears as whole words in the first line."""
-    first = text.strip().split("\n")[0].lower()
-    return any(re.search(rf"(?<![\w]){re.escape(a.lower())}(?![\w])", first) for a in answers)
-
-
 def answer_all(runner: ModelRunner, chat: ChatTokenizer, questions: list[dict],
-               max_tokens: int = 12, batch: int = 32) -> list[str]:
+               max_tokens: int = ANSWER_TOKENS, batch: int = 32) -> tuple[list[list[int]], list[bool]]:
+    """Greedy answers (token ids) to the questions as one user turn each, and whether each is right."""
     prompts = [chat.encode(chat.chat_prompt([{"role": "user", "content": q["question"]}]))
                for q in questions]
-    texts = []
+    ids = []
     for start in range(0, len(prompts), batch):
-        for seq in greedy_batch(runner, prompts[start:start + batch], max_tokens, chat.stop_ids):
-            texts.append(chat.decode(seq))
-    return texts
+        ids += greedy_batch(runner, prompts[start:start + batch], max_tokens, chat.stop_ids)
+    return ids, [is_correct(chat.decode(a), q["answers"]) for a, q in zip(ids, questions, strict=True)]
+
+
+def task_metrics(ref_ids: list[list[int]], ref_correct: list[bool], ids: list[list[int]],
+                 correct: list[bool]) -> dict:
+    same = sum(r == a for r, a in zip(ref_ids, ids, strict=True))
+    return {"task_accuracy": round(sum(correct) / len(correct), 4),
+            "task_correct": "".join("1" if ok else "0" for ok in correct),
+            "answers_identical": f"{same}/{len(ids)}", **paired_vs_fp32(ref_correct, correct)}
 
 
 @dataclass
@@ -109,6 +113,8 @@ class LMReference:
     prompts: list[list[int]]
     greedy: list[list[int]]
     questions: list[dict]
+    answer_ids: list[list[int]]
+    correct: list[bool]
 
     @classmethod
     def compute(cls, runner: ModelRunner, chat: ChatTokenizer, chunk_len: int = 256,
@@ -116,9 +122,10 @@ class LMReference:
         chunks = token_chunks(chat.encode((DATA / "heldout.txt").read_text()), chunk_len, max_chunks)
         logprobs = [teacher_forced(runner, c) for c in chunks]
         prompts = [chat.encode(chat.chat_prompt(p["messages"])) for p in load_jsonl("prompts.jsonl")]
+        questions = load_jsonl("tasks.jsonl")[:max_questions]
         return cls(chunks, logprobs, _nll(chunks, logprobs), prompts,
-                   greedy_batch(runner, prompts, GREEDY_TOKENS),
-                   load_jsonl("questions.jsonl")[:max_questions])
+                   greedy_batch(runner, prompts, GREEDY_TOKENS), questions,
+                   *answer_all(runner, chat, questions))
 
     def compare(self, runner: ModelRunner, chat: ChatTokenizer) -> dict:
         kl_sum, top1, count, variant_lp = 0.0, 0, 0, []
@@ -130,8 +137,7 @@ class LMReference:
             count += len(lp)
         nll = _nll(self.chunks, variant_lp)
         greedy = greedy_batch(runner, self.prompts, GREEDY_TOKENS)
-        answers = answer_all(runner, chat, self.questions)
-        correct = [is_correct(a, q["answers"]) for a, q in zip(answers, self.questions, strict=True)]
+        answer_ids, correct = answer_all(runner, chat, self.questions)
         return {
             "ppl": round(float(np.exp(nll)), 3), "ppl_ratio": round(float(np.exp(nll - self.nll)), 4),
             "kl": round(kl_sum / count, 5), "top1_agreement": round(top1 / count, 4),
@@ -139,8 +145,7 @@ class LMReference:
                                                      zip(self.greedy, greedy, strict=True)])), 3),
             "greedy_identical": f"{sum(r == s for r, s in zip(self.greedy, greedy, strict=True))}"
                                 f"/{len(greedy)}",
-            "task_accuracy": round(sum(correct) / len(correct), 3),
-            "task_wrong": [q["question"] for q, ok in zip(self.questions, correct, strict=True) if not ok],
+            **task_metrics(self.answer_ids, self.correct, answer_ids, correct),
         }
 
 
@@ -168,27 +173,3 @@ def embedder_quality(ref: np.ndarray, vecs: np.ndarray) -> dict:
 
 def load_sentences() -> list[str]:
     return [s for s in (DATA / "sentences.txt").read_text().splitlines() if s.strip()]
-
-
-def select_questions(model_dir: Path, threads: int = 2) -> tuple[int, int]:
-    """Keep the candidates that the fp32 reference answers right (the task set's definition)."""
-    chat = ChatTokenizer(model_dir)
-    cfg = chat.config
-    runner = ModelRunner(str(Path(model_dir) / "fp32.onnx"), cfg["n_layers"], cfg["n_kv_heads"],
-                         cfg["hidden"] // cfg["n_heads"], threads)
-    candidates = load_jsonl("questions_candidates.jsonl")
-    answers = answer_all(runner, chat, candidates)
-    kept = [q for q, a in zip(candidates, answers, strict=True) if is_correct(a, q["answers"])]
-    (DATA / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in kept))
-    return len(kept), len(candidates)
-
-
-if __name__ == "__main__":
-    import argparse
-
-    from ..build.artifacts import build_llm
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--select-questions", action="store_true", required=True)
-    kept, total = select_questions(build_llm())
-    print(f"questions.jsonl: {kept} of {total} candidates answered right by fp32")

@@ -54,6 +54,31 @@ def table(rows: list[dict], choice: Choice | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_table(rows: list[dict]) -> str:
+    """Each variant's task accuracy against fp32's, paired on the same questions (core/quant/paired.py)."""
+    head = ("| variant | task acc | diff vs fp32 [95% CI] | discordant b / c | McNemar p | answers "
+            "identical to fp32 | verdict |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lo, hi = r["acc_diff_ci"]
+        verdict = "**significantly worse**" if r["significantly_worse"] else "not significantly worse"
+        lines.append(f"| {r['name']} | {r['task_accuracy']:.3f} | {r['acc_diff']:+.3f} "
+                     f"[{lo:+.3f}, {hi:+.3f}] | {r['discordant'][0]} / {r['discordant'][1]} | "
+                     f"{r['mcnemar_p']:.3g} | "
+                     f"{r['answers_identical']} | {'reference' if r['name'] == 'fp32' else verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+PAIRED_NOTE = (
+    "Task set: core/quant/data/tasks.jsonl, short questions written by hand and not filtered by any "
+    "model's answers; greedy answers of at most 24 tokens through the chat template, right when an "
+    "accepted answer appears as whole words in the first line (core/quant/checker.py). b = questions "
+    "fp32 gets right and the variant wrong, c = the reverse; p: exact McNemar test (two-sided binomial "
+    "on b of b + c); CI: percentile bootstrap over questions, 10,000 resamples. A variant is "
+    "significantly worse when p < 0.05 and b > c; the optimizer never picks one. Answers identical: "
+    "greedy answer token for token the same as fp32's.")
+
+
 def plot(rows: list[dict], budget: Budget, choice: Choice, out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -66,7 +91,7 @@ def plot(rows: list[dict], budget: Budget, choice: Choice, out_dir: Path) -> lis
     panels = [("ppl_ratio", "perplexity / fp32 (log)", None),
               ("ppl_ratio", "perplexity / fp32, zoom on the budget", (0.995, max(1.1, limit + 0.02))),
               ("top1_agreement", "teacher-forced top-1 agreement with fp32", None),
-              ("task_accuracy", "task accuracy (questions fp32 gets right)", None)]
+              ("task_accuracy", "task accuracy (hand-written questions, unselected)", None)]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     for ax, (key, label, zoom) in zip(axes.flat, panels, strict=True):
         for i, (r, x) in enumerate(zip(rows, lat, strict=True)):
@@ -137,6 +162,11 @@ def report(rows: list[dict], budget: Budget, choice: Choice, machine: dict, conf
         f"(`llm_variant: {choice.pick}`).",
         "",
         table(rows, choice),
+        "## Task accuracy vs fp32, paired",
+        "",
+        paired_table(rows),
+        PAIRED_NOTE,
+        "",
     ]
     if best4:
         lines += [f"Best 4-bit variant: **{best4['name']}**: perplexity x{best4['ppl_ratio']:.4f} of fp32, "
@@ -148,8 +178,8 @@ def report(rows: list[dict], budget: Budget, choice: Choice, machine: dict, conf
         "this run's fp32 on the shipped data (core/quant/data): perplexity of heldout.txt, "
         "teacher-forced KL(fp32||variant) and top-1 agreement on the same text, greedy agreement = "
         "mean share of 64 greedy tokens identical to fp32's before the first divergence on "
-        "prompts.jsonl (identical prompts in brackets), task accuracy on questions.jsonl (all "
-        "answered right by fp32).",
+        "prompts.jsonl (identical prompts in brackets), task accuracy on tasks.jsonl (see the "
+        "paired table).",
         "",
         *[f"![latency vs quality]({p.name})" for p in plots],
         "",
