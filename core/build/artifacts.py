@@ -22,7 +22,7 @@ from pathlib import Path
 
 import onnx
 
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"  # 2: no query_lens input (ONNX Runtime 1.31 GroupQueryAttention)
 LLM_ID = "smollm2-135m-instruct"
 EMBEDDER_ID = "all-minilm-l6-v2"
 LLM_VARIANTS = ("fp32", "q4")

@@ -1,12 +1,19 @@
 """Build a llama causal-LM ONNX graph (with KV cache) straight from GGUF weights, without torch.
 
 Interface of the built model (B batch rows, S new tokens per row, right-padded; P cached tokens):
-  inputs   input_ids [B,S] int64; seqlens_k [B] int32 (cached + new valid tokens - 1 per row);
-           total_seq_len [] int32 (max over rows of seqlens_k + 1); query_lens [B] int32 (valid new
-           tokens per row); logits_idx [B,L,1] int64 (which new positions to score, per row);
-           past_key.{i}, past_value.{i} [B,KV,P,D], each row's valid tokens first
-  outputs  logits [B,L,V]; present_key.{i}, present_value.{i} [B,KV,P+S,D]
-Positions are implicit: row b's new tokens sit at seqlens_k[b]+1-query_lens[b] onwards.
+  inputs   input_ids [B,S] int64; seqlens_k [B] int32 (cached tokens + S - 1 per row);
+           total_seq_len [] int32 (max over rows of seqlens_k + 1); logits_idx [B,L,1] int64
+           (which new positions to score, per row); past_key.{i}, past_value.{i} [B,KV,P,D], each
+           row's valid tokens first
+  outputs  logits [B,L,V]; present_key.{i}, present_value.{i} [B,KV,max(P, total_seq_len),D]
+Positions are implicit: row b's new tokens sit at seqlens_k[b]+1-S onwards.
+
+Every row counts all S new tokens, padding included (ONNX Runtime 1.31's GroupQueryAttention has
+no per-row query length): a row's padding lands in its KV right after its valid tokens, causal
+masking keeps it out of every valid position's output, and the caller's lengths (cached + valid
+new) make the next step overwrite it. A forward must fit S positions behind every row's valid
+tokens, and with S > 1 after a past ONNX Runtime 1.31 takes one row only:
+core/llm/model_runner.py splits batches accordingly.
 
 Rotary embedding is applied in GGUF's interleaved layout: llama.cpp permuted the Q/K rows for it,
 and Q.K is unchanged when both sides share that permutation, so nothing is un-permuted.
@@ -79,14 +86,13 @@ class LlamaBuilder:
         return g.op("Add", [y, g.op("MatMul", [block_sums, g.init(f"{name}.corr", corr.T)])])
 
     # -- graph -----------------------------------------------------------------------------
-    def attention(self, i: int, x: str, lens: tuple[str, str, str], cos: str, sin: str) -> str:
+    def attention(self, i: int, x: str, lens: tuple[str, str], cos: str, sin: str) -> str:
         g, c = self.g, self.cfg
         qkv = self.linear(x, self._fused([f"blk.{i}.attn_{p}.weight" for p in "qkv"]), f"l{i}.qkv")
-        seqlens_k, total_len, query_lens = lens
+        seqlens_k, total_len = lens
         # One fused kernel: rotary, KV append, grouped-query causal attention over right-padded rows.
         ctx = g.op("GroupQueryAttention",
-                   [qkv, "", "", f"past_key.{i}", f"past_value.{i}", seqlens_k, total_len, cos, sin,
-                    "", "", "", "", "", "", "", query_lens],
+                   [qkv, "", "", f"past_key.{i}", f"past_value.{i}", seqlens_k, total_len, cos, sin],
                    n_out=3, domain=MS, name=f"l{i}.attn", num_heads=c.n_heads,
                    kv_num_heads=c.n_kv_heads, do_rotary=1, rotary_interleaved=1)
         g.nodes[-1].output[1] = f"present_key.{i}"
@@ -110,8 +116,7 @@ class LlamaBuilder:
         g, c = self.g, self.cfg
         kv, d = c.n_kv_heads, c.head_dim
         ids = g.input("input_ids", INT64, ["batch", "seq"])
-        lens = (g.input("seqlens_k", INT32, ["batch"]), g.input("total_seq_len", INT32, []),
-                g.input("query_lens", INT32, ["batch"]))
+        lens = (g.input("seqlens_k", INT32, ["batch"]), g.input("total_seq_len", INT32, []))
         logits_idx = g.input("logits_idx", INT64, ["batch", "n_logits", 1])
         for i in range(c.n_layers):
             g.input(f"past_key.{i}", FLOAT, ["batch", kv, "past", d])
