@@ -61,8 +61,8 @@ GPU_WHEEL_TESTS := tests/test_engine.py tests/test_continuous_batching.py tests/
 	tests/test_gpu_kernels.py tests/test_gpu_serve.py
 test-gpu-wheel: install-test models
 	$(MAKE) install-gpu ORT_GPU_EXTRAS=
-	$(BIN)/python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()"
-	$(BIN)/python -m pytest -q $(GPU_WHEEL_TESTS); status=$$?; $(MAKE) install-cpu; exit $$status
+	$(BIN)/python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()" \
+		&& $(BIN)/python -m pytest -q $(GPU_WHEEL_TESTS); status=$$?; $(MAKE) install-cpu; exit $$status
 
 # Measure every quantized variant here, pick one for the budget, write configs/optimized.yaml.
 optimize: install-test models

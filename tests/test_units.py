@@ -107,3 +107,17 @@ def test_batches_run_as_one_forward_when_onnx_runtime_allows_it():
     # a range whose width would write past an idle row's capacity is split around it
     assert fitting_groups(np.array([0, 62, 0]), np.array([4, 0, 4]), 64) == [(0, 1), (2, 3)]
     assert fitting_groups(lens, np.zeros(4, int), 64) == []
+
+
+def test_gpu_smoke_reads_onnx_runtimes_node_placement_log():
+    from bench.gpu_smoke import placements
+
+    mixed = ("[V:onnxruntime:, inference_session.cc:1 Verify] Node placements\n"
+             "[V:onnxruntime:, inference_session.cc:1 Verify]  Node(s) placed on "
+             "[CUDAExecutionProvider]. Number of nodes: 16\n"
+             "[V:onnxruntime:, inference_session.cc:1 Verify]  Node(s) placed on "
+             "[CPUExecutionProvider].    Number of nodes: 1\n")
+    assert placements(mixed) == {"CUDAExecutionProvider": 16, "CPUExecutionProvider": 1}
+    assert placements("All nodes placed on [CUDAExecutionProvider]. Number of nodes: 521") == {
+        "CUDAExecutionProvider": 521}
+    assert placements("no placement lines") == {}
