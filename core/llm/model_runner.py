@@ -96,9 +96,10 @@ class ModelRunner:
                 logits_idx: np.ndarray) -> tuple[np.ndarray, KVCache]:
         """input_ids [B,S] (right-padded), query_lens [B], logits_idx [B,L] -> logits [B,L,V]."""
         query_lens = np.asarray(query_lens, np.int64)
+        input_ids = np.ascontiguousarray(input_ids, np.int64)
         written = kv.lens + input_ids.shape[1]  # every row gets S positions, padding included
         feed = {
-            "input_ids": np.ascontiguousarray(input_ids, np.int64),
+            "input_ids": input_ids,
             "seqlens_k": (written - 1).astype(np.int32),
             "total_seq_len": np.array(written.max(), np.int32),
             "logits_idx": np.asarray(logits_idx, np.int64)[..., None],
