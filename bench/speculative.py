@@ -167,9 +167,8 @@ def _c16_results() -> dict:
 
 def forward_costs(r, widths=(1, 2, 5, 9, 13), repeats: int = 7) -> dict:
     """Median ms of one forward over `w` new tokens after ~150 tokens of KV, batch 1."""
-    from core.llm.kv_slots import KVSlots
 
-    s = KVSlots(r.n_layers, r.n_kv_heads, r.head_dim, 1, 256)
+    s = r.make_slots(1, 256)
     ctx = list(range(100, 250))
     r.forward_slots(s, 0, 1, np.array([ctx]), np.array([len(ctx)]), np.array([[len(ctx) - 1]]))
     out = {}

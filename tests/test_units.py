@@ -92,3 +92,32 @@ def test_a_tiny_positive_temperature_samples_the_top_token():
     probs = token_probs(logits, params)
     assert not np.isnan(probs).any() and probs[1] == 1.0
     assert sample(logits, params, np.random.default_rng(0)) == 1
+
+
+def test_batches_run_as_one_forward_when_onnx_runtime_allows_it():
+    from core.llm.model_runner import fitting_groups
+
+    lens = np.array([5, 0, 9, 3])
+    # a decode step: one forward over every row, idle row 1 included
+    assert fitting_groups(lens, np.array([1, 0, 1, 1]), 64) == [(0, 4)]
+    # fresh prompts of different lengths: one forward; trailing idle rows are not run
+    assert fitting_groups(np.zeros(4, int), np.array([3, 7, 0, 0]), 64) == [(0, 2)]
+    # several new tokens after a past: ORT 1.31 takes that at batch 1 only
+    assert fitting_groups(lens, np.array([2, 0, 4, 0]), 64) == [(0, 1), (2, 3)]
+    # a range whose width would write past an idle row's capacity is split around it
+    assert fitting_groups(np.array([0, 62, 0]), np.array([4, 0, 4]), 64) == [(0, 1), (2, 3)]
+    assert fitting_groups(lens, np.zeros(4, int), 64) == []
+
+
+def test_gpu_smoke_reads_onnx_runtimes_node_placement_log():
+    from bench.gpu_smoke import placements
+
+    mixed = ("[V:onnxruntime:, inference_session.cc:1 Verify] Node placements\n"
+             "[V:onnxruntime:, inference_session.cc:1 Verify]  Node(s) placed on "
+             "[CUDAExecutionProvider]. Number of nodes: 16\n"
+             "[V:onnxruntime:, inference_session.cc:1 Verify]  Node(s) placed on "
+             "[CPUExecutionProvider].    Number of nodes: 1\n")
+    assert placements(mixed) == {"CUDAExecutionProvider": 16, "CPUExecutionProvider": 1}
+    assert placements("All nodes placed on [CUDAExecutionProvider]. Number of nodes: 521") == {
+        "CUDAExecutionProvider": 521}
+    assert placements("no placement lines") == {}

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import onnx
 
-BUILD_VERSION = "2"  # 2: the extra attention token (batch-invariant attention)
+# 3: two graph flavors by the installed ONNX Runtime (core/build/llama.py), the extra attention token
+BUILD_VERSION = "3"
 LLM_ID = "smollm2-135m-instruct"
 EMBEDDER_ID = "all-minilm-l6-v2"
 LLM_VARIANTS = ("fp32", "q4")
@@ -87,13 +88,16 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 def build_llm(out: Path | None = None, progress: Progress = print) -> Path:
     from .gguf_weights import read_gguf
-    from .llama import build_llama
+    from .llama import build_llama, gqa_flavor
     from .tokenizer import tokenizer_from_gguf
 
     out = out or models_dir() / LLM_ID
     source = gguf_source()
     with _locked(out):
-        stamp = {"version": BUILD_VERSION, "source": _sha256([source]), "variants": list(LLM_VARIANTS)}
+        # The flavor follows the installed ONNX Runtime: swapping the CPU and GPU wheels rebuilds.
+        flavor = gqa_flavor()
+        stamp = {"version": BUILD_VERSION, "source": _sha256([source]), "variants": list(LLM_VARIANTS),
+                 "flavor": flavor}
         if _is_current(out, stamp):
             return out
         progress(f"reading {source.name}")
@@ -106,7 +110,7 @@ def build_llm(out: Path | None = None, progress: Progress = print) -> Path:
         (out / "config.json").write_text(json.dumps(config, indent=1))
         for variant in LLM_VARIANTS:
             progress(f"building {LLM_ID} {variant}")
-            _save(build_llama(cfg, weights, variant), out / f"{variant}.onnx")
+            _save(build_llama(cfg, weights, variant, flavor), out / f"{variant}.onnx")
         (out / "build.json").write_text(json.dumps(stamp))
     return out
 

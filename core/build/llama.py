@@ -1,24 +1,32 @@
 """Build a llama causal-LM ONNX graph (with KV cache) straight from GGUF weights, without torch.
 
 Interface of the built model (B batch rows, S new tokens per row, right-padded; P cached tokens):
-  inputs   input_ids [B,S] int64; seqlens_k [B] int32 (cached + new valid tokens - 1 per row);
-           total_seq_len [] int32 (max over rows of seqlens_k + 1); query_lens [B] int32 (valid new
-           tokens per row); logits_idx [B,L,1] int64 (which new positions to score, per row);
+  inputs   input_ids [B,S] int64; seqlens_k [B] int32; total_seq_len [] int32 (max over rows of
+           seqlens_k + 1); query_lens [B] int32 (valid new tokens per row; "query_lens" flavor
+           only); logits_idx [B,L,1] int64 (which new positions to score, per row);
            past_key.{i}, past_value.{i} [B,KV,P,D], each row's valid tokens first
-  outputs  logits [B,L,V]; present_key.{i}, present_value.{i} [B,KV,P+S,D]
-Positions are implicit: row b's new tokens sit at seqlens_k[b]+1-query_lens[b] onwards.
+  outputs  logits [B,L,V]; present_key.{i}, present_value.{i} [B,KV,max(P, total_seq_len),D]
 
-Batch invariance: a row's logits are bit-identical whether it decodes alone, in a batch of any
-size, or as one of several query tokens of a verification step (speculative decoding). The only
-kernel whose arithmetic depended on that was attention: ORT's CPU GroupQueryAttention runs its
-QK' and PV products through MLAS's one-row GEMM kernel for a single query token and the tiled
-kernel for several, which sum in different orders; the int8 activations of the quantized
-matmuls then magnify the difference into flipped near-ties. So every attention call gets one
-extra, all-zero query token after the real ones: a decode step is then a two-token step, always
-on the tiled kernel, while the projections and MLP still see only the real tokens. The extra
-token's key/value land one position past the row's valid KV and are overwritten by the next
-token (KV buffers keep one position of headroom for it); causal masking hides it from the real
-queries.
+Two flavors, for the GroupQueryAttention of the ONNX Runtime that builds them (`gqa_flavor`):
+  "query_lens" (ONNX Runtime >= 1.32, the CPU wheel): seqlens_k = cached + valid new - 1 per row,
+      and query_lens says how many of the S new tokens are valid: rows of any width share a
+      forward. Batch invariance: a row's logits are bit-identical whether it decodes alone, in a
+      batch of any size, or as one of several query tokens of a verification step (speculative
+      decoding). The one kernel whose arithmetic depended on that was attention: ORT's CPU
+      GroupQueryAttention runs QK' and PV through MLAS's one-row GEMM for a single query token and
+      the tiled kernel for several, which sum in different orders, and int8 activations magnify
+      the difference into flipped near-ties. So every attention call gets one extra, all-zero
+      query token after the real ones: a decode step is a two-token step for attention, always
+      on the tiled kernel, while the projections and MLP see only the real tokens. Its key/value
+      land one position past the row's valid KV (buffers keep one position of headroom) and are
+      overwritten by the next token; causal masking hides it from the real queries.
+  "padded" (ONNX Runtime 1.31, the newest onnxruntime-gpu): no per-row query length. Every row
+      counts all S new tokens, padding included (seqlens_k = cached + S - 1): a row's padding
+      lands in its KV right after its valid tokens, causal masking keeps it out of every valid
+      output, and the caller's lengths make the next step overwrite it. With S > 1 after a past,
+      1.31 takes one row only, so core/llm/model_runner.py splits such batches; no extra token
+      (it would make every decode step such a batch).
+Positions are implicit: row b's new tokens follow its cached ones.
 
 Rotary embedding is applied in GGUF's interleaved layout: llama.cpp permuted the Q/K rows for it,
 and Q.K is unchanged when both sides share that permutation, so nothing is un-permuted.
@@ -36,6 +44,16 @@ from .gguf_weights import QK, BlockWeight, LlamaConfig
 from .graph import FLOAT, INT32, INT64, MS, Graph
 
 VARIANTS = ("fp32", "q4")
+FLAVORS = ("query_lens", "padded")
+
+
+def gqa_flavor() -> str:
+    """The graph flavor the installed ONNX Runtime's GroupQueryAttention can run."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as C
+
+    schema = next(s for s in C.get_all_operator_schema()
+                  if s.name == "GroupQueryAttention" and s.domain == MS)
+    return "query_lens" if any(i.name == "query_seqlens" for i in schema.inputs) else "padded"
 
 
 def _pack_nbits(q: np.ndarray, bits: int) -> np.ndarray:
@@ -47,10 +65,13 @@ def _pack_nbits(q: np.ndarray, bits: int) -> np.ndarray:
 
 
 class LlamaBuilder:
-    def __init__(self, cfg: LlamaConfig, weights: dict, variant: str, accuracy_level: int = 4):
+    def __init__(self, cfg: LlamaConfig, weights: dict, variant: str, accuracy_level: int = 4,
+                 flavor: str = "query_lens"):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        self.cfg, self.w, self.variant, self.acc = cfg, weights, variant, accuracy_level
+        if flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}")
+        self.cfg, self.w, self.variant, self.acc, self.flavor = cfg, weights, variant, accuracy_level, flavor
         self.g = Graph(f"llama-{variant}")
 
     # -- weights ---------------------------------------------------------------------------
@@ -95,18 +116,20 @@ class LlamaBuilder:
         g, c = self.g, self.cfg
         qkv = self.linear(x, self._fused([f"blk.{i}.attn_{p}.weight" for p in "qkv"]), f"l{i}.qkv")
         seqlens_k, total_len, query_lens = lens
-        # The extra zero query token (see the module docstring): same kernel for every width.
-        qkv = g.op("Concat", [qkv, self.zero_token], axis=1)
+        if query_lens:  # the extra zero query token (see the module docstring)
+            qkv = g.op("Concat", [qkv, self.zero_token], axis=1)
         # One fused kernel: rotary, KV append, grouped-query causal attention over right-padded rows.
-        ctx = g.op("GroupQueryAttention",
-                   [qkv, "", "", f"past_key.{i}", f"past_value.{i}", seqlens_k, total_len, cos, sin,
-                    "", "", "", "", "", "", "", query_lens],
-                   n_out=3, domain=MS, name=f"l{i}.attn", num_heads=c.n_heads,
-                   kv_num_heads=c.n_kv_heads, do_rotary=1, rotary_interleaved=1)
+        inputs = [qkv, "", "", f"past_key.{i}", f"past_value.{i}", seqlens_k, total_len, cos, sin]
+        if query_lens:
+            inputs += [""] * 7 + [query_lens]
+        ctx = g.op("GroupQueryAttention", inputs, n_out=3, domain=MS, name=f"l{i}.attn",
+                   num_heads=c.n_heads, kv_num_heads=c.n_kv_heads, do_rotary=1, rotary_interleaved=1)
         g.nodes[-1].output[1] = f"present_key.{i}"
         g.nodes[-1].output[2] = f"present_value.{i}"
-        real = g.op("Slice", [ctx[0], g.const([0]), g.const([-1]), g.const([1])])
-        return self.linear(real, self.w[f"blk.{i}.attn_output.weight"], f"l{i}.o")
+        out = ctx[0]
+        if query_lens:
+            out = g.op("Slice", [out, g.const([0]), g.const([-1]), g.const([1])])
+        return self.linear(out, self.w[f"blk.{i}.attn_output.weight"], f"l{i}.o")
 
     def mlp(self, i: int, x: str) -> str:
         g = self.g
@@ -125,14 +148,17 @@ class LlamaBuilder:
         g, c = self.g, self.cfg
         kv, d = c.n_kv_heads, c.head_dim
         ids = g.input("input_ids", INT64, ["batch", "seq"])
-        # Attention sees each row's tokens plus the extra zero token: one more of everything.
-        one = g.const(1, np.int32)
-        lens = tuple(g.op("Add", [g.input(name, INT32, shape), one]) for name, shape in
-                     (("seqlens_k", ["batch"]), ("total_seq_len", []), ("query_lens", ["batch"])))
-        qkv_width = (c.n_heads + 2 * c.n_kv_heads) * d
-        self.zero_token = g.op("ConstantOfShape", [g.op("Concat", [
-            g.op("Shape", [ids], start=0, end=1), g.const([1, qkv_width])], axis=0)],
-            value=onnx.helper.make_tensor("zero", FLOAT, [1], [0.0]))
+        if self.flavor == "query_lens":
+            # Attention sees each row's tokens plus the extra zero token: one more of everything.
+            one = g.const(1, np.int32)
+            lens = tuple(g.op("Add", [g.input(name, INT32, shape), one]) for name, shape in
+                         (("seqlens_k", ["batch"]), ("total_seq_len", []), ("query_lens", ["batch"])))
+            qkv_width = (c.n_heads + 2 * c.n_kv_heads) * d
+            self.zero_token = g.op("ConstantOfShape", [g.op("Concat", [
+                g.op("Shape", [ids], start=0, end=1), g.const([1, qkv_width])], axis=0)],
+                value=onnx.helper.make_tensor("zero", FLOAT, [1], [0.0]))
+        else:
+            lens = (g.input("seqlens_k", INT32, ["batch"]), g.input("total_seq_len", INT32, []), "")
         logits_idx = g.input("logits_idx", INT64, ["batch", "n_logits", 1])
         for i in range(c.n_layers):
             g.input(f"past_key.{i}", FLOAT, ["batch", kv, "past", d])
@@ -170,5 +196,6 @@ class LlamaBuilder:
         return g.model()
 
 
-def build_llama(cfg: LlamaConfig, weights: dict, variant: str) -> onnx.ModelProto:
-    return LlamaBuilder(cfg, dict(weights), variant).build()
+def build_llama(cfg: LlamaConfig, weights: dict, variant: str, flavor: str | None = None) -> onnx.ModelProto:
+    """flavor: default, what the installed ONNX Runtime runs (`gqa_flavor`)."""
+    return LlamaBuilder(cfg, dict(weights), variant, flavor=flavor or gqa_flavor()).build()

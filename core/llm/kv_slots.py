@@ -8,6 +8,12 @@ Capacity costs RAM: the first forward over a slot range touches most of its buff
 16 slots x 4096 tokens = 3 GB resident after one step, and that first step took 3 s longer).
 `prefault` pays that once, before serving, instead of in the first requests that reach
 those slots.
+
+A forward over S new tokens writes S positions after every row's valid ones, padding included
+(core/build/llama.py); ModelRunner.forward_slots never writes past a row's capacity: it splits a
+batch whose width does not fit behind some row's valid tokens (rare: a long row beside a prefill).
+
+The dtype is the graph's KV dtype (float16 in the GPU variants).
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ HEADROOM = 1
 
 
 class KVSlots:
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, n_slots: int, capacity: int):
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, n_slots: int, capacity: int,
+                 dtype: np.dtype | type = np.float32):
         shape = (n_slots, n_kv_heads, capacity + HEADROOM, head_dim)
-        self.keys = [np.zeros(shape, np.float32) for _ in range(n_layers)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(n_layers)]
+        self.keys = [np.zeros(shape, dtype) for _ in range(n_layers)]
+        self.values = [np.zeros(shape, dtype) for _ in range(n_layers)]
         self.lens = np.zeros(n_slots, np.int64)
         self.n_slots, self.capacity = n_slots, capacity
-        self.bytes_per_token = 2 * n_layers * n_kv_heads * head_dim * 4
+        self.bytes_per_token = 2 * n_layers * n_kv_heads * head_dim * np.dtype(dtype).itemsize
+
 
     @property
     def nbytes(self) -> int:

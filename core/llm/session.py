@@ -43,4 +43,10 @@ def make_session(path: str, threads: int | None = None, spinning: bool = False,
     if park_after_run:
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.log_severity_level = 3
-    return ort.InferenceSession(path, opts, providers=providers(device))
+    session = ort.InferenceSession(path, opts, providers=providers(device))
+    if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        # ORT falls back to the CPU with only a log line when the CUDA provider cannot load
+        # (CUDA/cuDNN libraries missing, no GPU): a GPU deployment must fail instead.
+        raise RuntimeError("device 'cuda': the CUDA execution provider did not load (see ONNX "
+                           "Runtime's log: CUDA 13 / cuDNN 9 libraries, `make install-gpu`)")
+    return session

@@ -1,6 +1,6 @@
 """Calibration inputs for static quantization: real text through the LM's own graph interface.
 
-The LM graph takes input_ids, seqlens_k, total_seq_len, query_lens, logits_idx and per-layer
+The LM graph takes input_ids, seqlens_k, total_seq_len, logits_idx and per-layer
 past_key/past_value (see core/build/llama.py); a prefill from an empty cache is what the
 calibrator needs to see, so each sample is one chunk of data/calibration.txt with empty KV tensors.
 The text is not the held-out text that quality is measured on.
@@ -22,8 +22,7 @@ def lm_feed(ids: list[int], n_layers: int, n_kv_heads: int, head_dim: int) -> di
     """Inputs of one prefill of `ids` from an empty cache, scoring the last position (batch 1)."""
     n = len(ids)
     feed = {"input_ids": np.array([ids], np.int64), "seqlens_k": np.array([n - 1], np.int32),
-            "total_seq_len": np.array(n, np.int32), "query_lens": np.array([n], np.int32),
-            "logits_idx": np.array([[[n - 1]]], np.int64)}
+            "total_seq_len": np.array(n, np.int32), "logits_idx": np.array([[[n - 1]]], np.int64)}
     empty = np.zeros((1, n_kv_heads, 0, head_dim), np.float32)
     for i in range(n_layers):
         feed[f"past_key.{i}"] = feed[f"past_value.{i}"] = empty

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -85,6 +86,30 @@ def head_from_table(model: onnx.ModelProto, node_name: str = "lm_head", table: s
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    return model
+
+
+def float16_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph in half precision (in place): every float initializer (norm weights, the
+    embedding table, rotary caches, MatMulNBits scales and block corrections) and the KV inputs
+    and outputs become float16; the logits are cast back to float32 for sampling.
+
+    Unlike ORT's float16 converter, no op stays in float32 with casts around it: the builder's
+    graph has none that needs it, and an island would be a node without a float16 CUDA kernel.
+    """
+    graph = model.graph
+    for i, t in enumerate(graph.initializer):
+        if t.data_type == onnx.TensorProto.FLOAT:
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(t).astype(np.float16), t.name))
+    for value in list(graph.input) + list(graph.output):
+        if value.name.startswith(("past_", "present_")):
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    (logits,) = [o for o in graph.output if o.name == "logits"]
+    (producer,) = [n for n in graph.node if "logits" in n.output]
+    producer.output[list(producer.output).index("logits")] = "logits_fp16"
+    graph.node.append(helper.make_node("Cast", ["logits_fp16"], ["logits"], name="logits_fp32",
+                                       to=logits.type.tensor_type.elem_type))
     return model
 
 

@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..chat_tokenizer import ChatTokenizer, PromptTooLong
 from ..detokenizer import StreamDecoder
-from ..kv_slots import KVSlots
 from ..model_runner import ModelRunner
 from ..prefix_cache import PrefixCache, PrefixCacheStats
 from ..sampling import SamplingParams, sample
@@ -103,8 +102,7 @@ class LLMEngine:
         """draft: for speculative="model", the draft model here (a runner) or elsewhere (a service)."""
         self.runner, self.chat, self.config = runner, chat, config
         self.max_seq_len = min(config.max_seq_len, chat.context_length)
-        self.slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim,
-                             config.max_running, self.max_seq_len)
+        self.slots = runner.make_slots(config.max_running, self.max_seq_len)
         self.scheduler = Scheduler(config.max_running, config.max_prefill_tokens)
         self.prefix_cache = (PrefixCache(config.prefix_cache_bytes, config.prefix_block_size)
                              if config.prefix_cache_bytes else None)

@@ -38,8 +38,7 @@ class Speculation:
         if config.speculative == "model" and draft is None:
             raise ValueError("speculative='model' needs a draft model (runner or service)")
         self.config, self.target, self.draft, self.slots = config, target, draft, slots
-        self.draft_slots = (KVSlots(draft.n_layers, draft.n_kv_heads, draft.head_dim, slots.n_slots,
-                                    slots.capacity)
+        self.draft_slots = (draft.make_slots(slots.n_slots, slots.capacity)
                             if config.speculative == "model" and isinstance(draft, ModelRunner) else None)
         self._keys = uuid.uuid4().hex[:8]  # several engines may share one draft service
         self.costs = CostModel()

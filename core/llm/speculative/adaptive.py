@@ -135,11 +135,9 @@ class CostModel:
         one (and before the draft forward), and the ratio is taken within the pair; the estimate
         is the median over rounds: load from other processes changes between rounds, not within
         a pair, so it cancels out of the ratios."""
-        from ..kv_slots import KVSlots
 
         widths = sorted(set(widths or range(2, k_max + 2)) - {1})
-        slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim, 1,
-                        context + max(widths, default=1) + 1)
+        slots = runner.make_slots(1, context + max(widths, default=1) + 1)
         ids = list(range(1000, 1000 + context + max(widths, default=1)))
         runner.forward_slots(slots, 0, 1, np.array([ids[:context]]), np.array([context]),
                              np.array([[context - 1]]))
@@ -153,8 +151,7 @@ class CostModel:
 
         draft_runner = getattr(drafter, "runner", None)
         if draft_runner is not None:
-            dslots = KVSlots(draft_runner.n_layers, draft_runner.n_kv_heads, draft_runner.head_dim, 1,
-                             context + 8)
+            dslots = draft_runner.make_slots(1, context + 8)
             draft_runner.forward_slots(dslots, 0, 1, np.array([ids[:context]]), np.array([context]),
                                        np.array([[context - 1]]))
 

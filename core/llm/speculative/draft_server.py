@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kv_slots import KVSlots
 from ..model_runner import ModelRunner
 from ..sampling import SamplingParams
 from .model_drafter import ModelDrafter
@@ -38,7 +37,7 @@ class Drafts:
 class DraftServer:
     def __init__(self, runner: ModelRunner, n_slots: int = 16, capacity: int = 4096) -> None:
         self.runner = runner
-        self.slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim, n_slots, capacity)
+        self.slots = runner.make_slots(n_slots, capacity)
         self._drafters: OrderedDict[str, ModelDrafter] = OrderedDict()  # key -> drafter, LRU first
         self._free = list(range(n_slots))
         self._lock = threading.Lock()  # one forward at a time over the shared slots

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kv_slots import KVSlots
 from ..model_runner import ModelRunner
 
 
@@ -28,7 +27,7 @@ def greedy_reference(runner: ModelRunner, prompt: list[int], max_tokens: int,
                      stop_ids: set[int]) -> tuple[list[int], list[float]]:
     """The target alone, one token per forward (the plain decode path): the tokens, and the top-2
     logit gap of the logits each was chosen from (plus the stop token's, when it stopped)."""
-    slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim, 1, len(prompt) + max_tokens + 1)
+    slots = runner.make_slots(1, len(prompt) + max_tokens + 1)
     ids, gaps = list(prompt), []
     out: list[int] = []
     new = list(prompt)
@@ -78,8 +77,8 @@ def logit_noise(runner: ModelRunner, prompt: list[int], continuation: list[int],
     flip only where the top-2 gap is below it)."""
     seq = list(prompt) + list(continuation)
     cap = len(seq) + 1
-    one = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim, 1, cap)
-    many = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim, 1, cap)
+    one = runner.make_slots(1, cap)
+    many = runner.make_slots(1, cap)
     n = len(prompt)
     for s in (one, many):
         runner.forward_slots(s, 0, 1, np.array([prompt]), np.array([n]), np.array([[n - 1]]))

@@ -31,7 +31,7 @@ class ModelDrafter:
         """Uses `slot` of `slots` (an engine can keep one KVSlots of the draft model beside the
         target's and give each sequence the same slot index in both); default: a private slot."""
         self.runner = runner
-        self.slots = slots or KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim, 1, capacity)
+        self.slots = slots or runner.make_slots(1, capacity)
         self.slot = slot
         self.cached: list[int] = []  # tokens whose KV is in the slot, in order
         self.tokens_fed = 0  # draft-model tokens run (catch-up + drafting), for metrics

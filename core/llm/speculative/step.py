@@ -230,8 +230,7 @@ def speculative_generate(runner: ModelRunner, prompt: list[int], params: Samplin
     adaptive = k if isinstance(k, AdaptiveK) else None
     k_max = adaptive.k_max if adaptive else int(k)
     costs = costs if costs is not None else (adaptive.costs if adaptive else None)
-    slots = KVSlots(runner.n_layers, runner.n_kv_heads, runner.head_dim, 1,
-                    len(prompt) + params.max_tokens + k_max + 2)
+    slots = runner.make_slots(1, len(prompt) + params.max_tokens + k_max + 2)
     n = len(prompt)
     logits = runner.forward_slots(slots, 0, 1, np.array([prompt]), np.array([n]), np.array([[n - 1]]))
     tokens = list(prompt) + [sample(logits[0, 0], params, rng)]
