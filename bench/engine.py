@@ -10,10 +10,11 @@ import argparse
 
 import numpy as np
 
-from core.build.artifacts import LLM_VARIANTS, build_embedder, build_llm
+from core.build.artifacts import LLM_VARIANTS, SERVED_VARIANT, build_embedder, build_llm
 from core.embedder import Embedder
 from core.llm.generate import decode_one_token, prefill
 from core.llm.textgen import TextGenerator
+from core.quant.variants import ensure_variant
 
 from .common import machine, markdown_table, median_time, write
 
@@ -46,9 +47,11 @@ def main() -> None:
     ap.add_argument("--decode-steps", type=int, default=64)
     args = ap.parse_args()
     model_dir = build_llm()
+    variants = list(dict.fromkeys([*LLM_VARIANTS, SERVED_VARIANT]))  # the base builds and what is served
+    ensure_variant(model_dir, SERVED_VARIANT)
     rows = []
     for spinning in (False, True):
-        for variant in LLM_VARIANTS:
+        for variant in variants:
             rows.append(bench_variant(model_dir, variant, args.threads, spinning, 128,
                                       args.decode_steps, args.repeats))
     base = {r["spinning"]: r for r in rows if r["variant"] == "fp32"}

@@ -1,8 +1,9 @@
 """Calibration inputs for static quantization: real text through the LM's own graph interface.
 
-The LM graph takes input_ids, seqlens_k, total_seq_len, logits_idx and per-layer
-past_key/past_value (see core/build/llama.py); a prefill from an empty cache is what the
-calibrator needs to see, so each sample is one chunk of data/calibration.txt with empty KV tensors.
+The LM graph takes input_ids, seqlens_k, total_seq_len, logits_idx, per-layer past_key/past_value
+and, in its "query_lens" flavor, query_lens (see core/build/llama.py); a prefill from an empty
+cache is what the calibrator needs to see, so each sample is one chunk of data/calibration.txt
+with empty KV tensors.
 The text is not the held-out text that quality is measured on.
 """
 
@@ -12,17 +13,21 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import CalibrationDataReader
 from tokenizers import Tokenizer
 
 DATA = Path(__file__).parent / "data"
 
 
-def lm_feed(ids: list[int], n_layers: int, n_kv_heads: int, head_dim: int) -> dict[str, np.ndarray]:
+def lm_feed(ids: list[int], n_layers: int, n_kv_heads: int, head_dim: int,
+            query_lens: bool) -> dict[str, np.ndarray]:
     """Inputs of one prefill of `ids` from an empty cache, scoring the last position (batch 1)."""
     n = len(ids)
     feed = {"input_ids": np.array([ids], np.int64), "seqlens_k": np.array([n - 1], np.int32),
             "total_seq_len": np.array(n, np.int32), "logits_idx": np.array([[[n - 1]]], np.int64)}
+    if query_lens:
+        feed["query_lens"] = np.array([n], np.int32)
     empty = np.zeros((1, n_kv_heads, 0, head_dim), np.float32)
     for i in range(n_layers):
         feed[f"past_key.{i}"] = feed[f"past_value.{i}"] = empty
@@ -38,12 +43,15 @@ def token_chunks(tokens: list[int], length: int, limit: int | None = None) -> li
 class LMCalibrationReader(CalibrationDataReader):
     """`samples` chunks of `seq_len` tokens of data/calibration.txt, as LM prefill feeds."""
 
-    def __init__(self, model_dir: Path, samples: int = 8, seq_len: int = 128) -> None:
+    def __init__(self, model: Path, samples: int = 8, seq_len: int = 128) -> None:
+        """model: the graph to calibrate (its inputs say which flavor it is)."""
+        model_dir = Path(model).parent
+        inputs = {i.name for i in onnx.load(str(model), load_external_data=False).graph.input}
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
         tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
         ids = tok.encode((DATA / "calibration.txt").read_text(), add_special_tokens=False).ids
         dims = (cfg["n_layers"], cfg["n_kv_heads"], cfg["hidden"] // cfg["n_heads"])
-        self._feeds = [lm_feed(c, *dims) for c in token_chunks(ids, seq_len, samples)]
+        self._feeds = [lm_feed(c, *dims, "query_lens" in inputs) for c in token_chunks(ids, seq_len, samples)]
         self._next = iter(self._feeds)
 
     def __len__(self) -> int:

@@ -83,7 +83,7 @@ def _with(method: str, **kwargs) -> Callable[[Path, Path, bool], None]:
 def _static(src: Path, out: Path, progress: bool) -> None:
     from .calibration import LMCalibrationReader
 
-    ModelQuantizer(src, "lm", progress).static_int8_qdq(out, LMCalibrationReader(src.parent),
+    ModelQuantizer(src, "lm", progress).static_int8_qdq(out, LMCalibrationReader(src),
                                                        per_channel=True)
 
 
