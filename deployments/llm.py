@@ -152,7 +152,8 @@ class LLMDeployment:
                 # tokens, so the Serve streaming path does not cost a hop per token.
                 while not queue.empty() and not out.finish_reason:
                     more = queue.get_nowait()
-                    out = dataclasses.replace(more, text=out.text + more.text)
+                    out = dataclasses.replace(more, text=out.text + more.text,
+                                              logprobs=out.logprobs + more.logprobs)
                 if out.finish_reason == "error":
                     raise RuntimeError(f"generation failed: {out.text}")
                 yield dataclasses.asdict(out)
