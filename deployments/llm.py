@@ -164,10 +164,11 @@ class LLMDeployment:
                 self.engine.cancel(seq)
 
     async def generate(self, prompt_ids: list[int], params: dict) -> dict:
-        text, last = [], {}
+        text, logprobs, last = [], [], {}
         async for last in self.stream(prompt_ids, params):
             text.append(last["text"])
-        return {**last, "text": "".join(text)}
+            logprobs += last["logprobs"]
+        return {**last, "text": "".join(text), "logprobs": logprobs}
 
     def stats(self) -> dict:
         """Engine occupancy, for operators and tests: running/waiting sequences, KV bytes."""
