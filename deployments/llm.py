@@ -170,6 +170,42 @@ class LLMDeployment:
             logprobs += last["logprobs"]
         return {**last, "text": "".join(text), "logprobs": logprobs}
 
+    async def stream_choices(self, prompt_ids: list[int], params: list[dict]) -> AsyncIterator[dict]:
+        """Several choices of one prompt (OpenAI's n), each output tagged with its `index`. The
+        first choice prefills the prompt alone; the others start once its first token shows the
+        prompt is in the prefix cache, and reuse it instead of prefilling it again."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def add(i: int) -> Sequence:
+            return self.engine.add(prompt_ids, SamplingParams(**params[i]),
+                                   lambda out: loop.call_soon_threadsafe(queue.put_nowait, (i, out)))
+
+        seqs = [add(0)]
+        try:
+            first = await queue.get()
+            seqs += [add(i) for i in range(1, len(params))]
+            queue.put_nowait(first)
+            finished = 0
+            while finished < len(params):
+                i, out = await queue.get()
+                if out.finish_reason == "error":
+                    raise RuntimeError(f"generation failed: {out.text}")
+                finished += out.finish_reason is not None
+                yield {**dataclasses.asdict(out), "index": i}
+        finally:
+            for seq in seqs:
+                if not seq.finished:  # the caller went away: stop decoding, free the slot
+                    self.engine.cancel(seq)
+
+    async def generate_choices(self, prompt_ids: list[int], params: list[dict]) -> list[dict]:
+        outs = [{"text": "", "logprobs": []} for _ in params]
+        async for out in self.stream_choices(prompt_ids, params):
+            i = out["index"]
+            outs[i] = {**out, "text": outs[i]["text"] + out["text"],
+                       "logprobs": outs[i]["logprobs"] + out["logprobs"]}
+        return outs
+
     def stats(self) -> dict:
         """Engine occupancy, for operators and tests: running/waiting sequences, KV bytes."""
         engine = self.engine.stats()

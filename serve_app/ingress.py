@@ -68,27 +68,30 @@ class Ingress:
         if found.body is not None:
             return self._replay(reply, found, req.stream, include_usage)
         runs = self._runs(endpoint, req, prompt_ids, max_tokens, structure)
-        builders = [ChoiceBuilder(i, endpoint, self.token_texts, runs[i][1]["logprobs"] is not None,
-                                  bool(structure.tools)) for i in range(len(runs))]
+        builders = [ChoiceBuilder(i, endpoint, self.token_texts, runs[0][1][0]["logprobs"] is not None,
+                                  bool(structure.tools)) for i in range(len(runs) * req.n)]
         prompt_tokens = sum(len(ids) for ids in prompt_ids)
         if req.stream:
             return await self._stream(reply, runs, builders, prompt_tokens, include_usage, param,
                                       plan, found)
-        try:
-            outs = await asyncio.gather(*[self.llm.generate.remote(ids, p) for ids, p in runs])
+        try:  # a prompt's n choices go to one replica together: they share its prefill there
+            per_prompt = await asyncio.gather(*[
+                self.llm.generate_choices.remote(ids, ps) if len(ps) > 1
+                else self.llm.generate.remote(ids, ps[0]) for ids, ps in runs])
         except Exception as exc:
             raise serving_error(exc, param) from exc
+        outs = [out for got in per_prompt for out in (got if isinstance(got, list) else [got])]
         body = reply.body([b.whole(out) for b, out in zip(builders, outs, strict=True)],
                           usage(prompt_tokens, sum(o["n_tokens"] for o in outs),
-                                sum(o["cached_tokens"] for o in outs)))
+                                min(sum(o["cached_tokens"] for o in outs), prompt_tokens)))
         if plan.keys is not None:
             self.cache.store_later(plan.keys, found.embedding, body)
         return JSONResponse(body, headers={"x-cache": "miss"})
 
     def _runs(self, endpoint: Endpoint, req: SamplingFields, prompt_ids: list[list[int]],
-              max_tokens: int, structure: Structure) -> list[tuple[list[int], dict]]:
-        """(prompt ids, engine params) per choice, in OpenAI's order: each prompt's n choices.
-        Choice j of a seeded request samples with seed + j: reproducible, and not n copies."""
+              max_tokens: int, structure: Structure) -> list[tuple[list[int], list[dict]]]:
+        """(prompt ids, engine params of its n choices) per prompt; choices are numbered in this
+        order. Choice j of a seeded request samples with seed + j: reproducible, not n copies."""
         vocab = self.chat.tokenizer.get_vocab_size()
         bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
         if any(token >= vocab for token in bias):
@@ -101,8 +104,8 @@ class Ingress:
                   "stop": req.stop_list(), "ignore_eos": req.ignore_eos,
                   "presence_penalty": req.presence_penalty, "frequency_penalty": req.frequency_penalty,
                   "logit_bias": bias, "logprobs": top, "grammar": structure.grammar}
-        return [(ids, {**params, "seed": None if req.seed is None else req.seed + j})
-                for ids in prompt_ids for j in range(req.n)]
+        return [(ids, [{**params, "seed": None if req.seed is None else req.seed + j}
+                       for j in range(req.n)]) for ids in prompt_ids]
 
     def _tokenize(self, prompt: str, param: str) -> list[int]:
         ids = self.chat.encode(prompt)
@@ -121,10 +124,13 @@ class Ingress:
         return StreamingResponse(reply.replay_events(found.body, include_usage),
                                  media_type="text/event-stream", headers=headers)
 
-    async def _stream(self, reply: Reply, runs: list[tuple[list[int], dict]],
+    async def _stream(self, reply: Reply, runs: list[tuple[list[int], list[dict]]],
                       builders: list[ChoiceBuilder], prompt_tokens: int, include_usage: bool,
                       param: str, plan: CachePlan, found: Lookup) -> StreamingResponse:
-        streams = [self.llm.options(stream=True).stream.remote(ids, p) for ids, p in runs]
+        llm = self.llm.options(stream=True)
+        streams = [llm.stream_choices.remote(ids, ps) if len(ps) > 1 else llm.stream.remote(ids, ps[0])
+                   for ids, ps in runs]
+        n = len(builders) // len(runs)
         try:  # the first deltas decide between an HTTP error and a 200 event stream
             firsts = await asyncio.gather(*[s.__anext__() for s in streams])
         except Exception as exc:
@@ -133,11 +139,12 @@ class Ingress:
             raise serving_error(exc, param) from exc
 
         async def events() -> AsyncIterator[str]:
-            lasts = list(firsts)
-            for event in reply.opening(len(runs)):
+            lasts = [{"n_tokens": 0, "cached_tokens": 0, "finish_reason": None}] * len(builders)
+            for event in reply.opening(len(builders)):
                 yield event
             try:
-                async for i, delta in merged(streams, firsts):
+                async for k, delta in merged(streams, firsts):
+                    i = k * n + delta.get("index", 0)
                     lasts[i] = delta
                     for choice in builders[i].deltas(delta):
                         yield reply.chunk(choice)
@@ -149,7 +156,7 @@ class Ingress:
                 for s in streams:
                     s.cancel()  # a disconnected client stops its sequences in the engine
             used = usage(prompt_tokens, sum(last["n_tokens"] for last in lasts),
-                         sum(last["cached_tokens"] for last in lasts))
+                         min(sum(last["cached_tokens"] for last in lasts), prompt_tokens))
             for event in reply.closing(used if include_usage else None):
                 yield event
             if plan.keys is not None and all(last["finish_reason"] in ("stop", "length") for last in lasts):

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 
 async def merged(streams: list, firsts: list[dict]) -> AsyncIterator[tuple[int, dict]]:
-    """(choice index, delta) from every choice's stream as they come, each stream's first delta
-    first; an error in any stream is raised here."""
+    """(stream number, delta) from every stream as they come, each stream's first delta first
+    (it was awaited already); an error in any stream is raised here."""
     if len(streams) == 1:  # the common case: no tasks
         yield 0, firsts[0]
         async for delta in streams[0]:
@@ -26,7 +26,7 @@ async def merged(streams: list, firsts: list[dict]) -> AsyncIterator[tuple[int, 
 
     for i, first in enumerate(firsts):
         yield i, first
-    tasks = [asyncio.create_task(pump(i)) for i, f in enumerate(firsts) if not f["finish_reason"]]
+    tasks = [asyncio.create_task(pump(i)) for i in range(len(streams))]  # each ends by itself
     try:
         running = len(tasks)
         while running:

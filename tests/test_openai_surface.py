@@ -92,6 +92,16 @@ def test_n_choices_are_reproducible_with_a_seed(client):
     assert streamed == a
 
 
+def test_n_choices_share_the_prompt_prefill(client):
+    system = "You are a terse assistant. Rule 7149: answer in exactly three words. " * 4  # unseen
+    r = client.chat.completions.create(model=CHAT, temperature=1.0, n=4, max_tokens=3,
+                                       messages=[{"role": "system", "content": system}, *ASK])
+    assert len(r.choices) == 4
+    # choices 1-3 reuse the prompt choice 0 prefilled (the cache holds whole 16-token blocks)
+    used = r.usage
+    assert used.prompt_tokens > 48 and used.prompt_tokens_details.cached_tokens >= used.prompt_tokens - 16
+
+
 def test_logit_bias_and_penalties_are_applied(client):
     kwargs = dict(model=CHAT, temperature=0, max_tokens=6, logprobs=True,
                   messages=[{"role": "user", "content": "Say hello."}])

@@ -18,7 +18,13 @@ def pick_token(seq: Sequence, logits: np.ndarray, allowed: np.ndarray | None,
     if seq.constraint is not None and allowed is None:
         allowed = seq.constraint.allowed()
     processed = process_logits(logits, params, seq.counts, allowed)
-    token = sample(processed, params, seq.rng)
+    if allowed is not None and not params.greedy:
+        # Sample among the allowed tokens only (the same distribution): where the grammar leaves a
+        # few choices this skips a softmax and a weighted draw over the whole vocabulary.
+        ids = np.flatnonzero(allowed)
+        token = int(ids[sample(processed[ids], params, seq.rng)])
+    else:
+        token = sample(processed, params, seq.rng)
     if params.logprobs is not None:
         seq.last_logprob = logprobs_of(processed, params, token, params.logprobs)
     if token not in stop_ids:
