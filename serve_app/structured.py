@@ -114,5 +114,9 @@ def parse_tool_calls(text: str) -> list[dict] | None:
         call = json.loads(body[len(CALL_OPEN):-len(CALL_CLOSE)])
     except json.JSONDecodeError:
         return None
-    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+    return [{"id": new_call_id(), "type": "function",
              "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}]
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"

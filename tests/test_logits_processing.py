@@ -97,3 +97,16 @@ def test_constrained_rows_give_valid_json_beside_free_rows(generator, engine):
         jsonschema.validate(json.loads(text), PERSON)
         assert all(np.isfinite(lp.logprob) for lp in lps)
     assert isinstance(json.loads(results[4][0]), dict) and results[4][1] == "stop"
+
+
+def test_speculation_does_not_bypass_the_grammar(generator, engine):
+    """Prompt lookup would propose the prompt's own (non-JSON) text: constrained rows decode
+    one token at a time and give exactly what the plain engine gives."""
+    spec = LLMEngine(generator.runner, generator.chat,
+                     EngineConfig(max_seq_len=1024, speculative="ngram", prefix_cache_bytes=0))
+    ids = chat_ids(generator, "Repeat after me: name Ada, age 36. Now as JSON with a name and an age.")
+    params = SamplingParams(max_tokens=48, temperature=0, grammar=json_schema_grammar(PERSON))
+    text, finish, _, _ = run(spec, [(ids, params)])[0]
+    assert (text, finish) == run(engine, [(ids, params)])[0][:2]
+    assert finish == "stop" and set(json.loads(text)) == {"name", "age"}
+    assert spec.spec.stats.steps == 0  # no speculative step ran
