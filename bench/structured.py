@@ -135,6 +135,10 @@ def main() -> None:
     work = constraint_work_us(engine, grammar, answers)
     results["constraint_us_per_token"] = round(work, 1)
     table = ("# Structured output: cost of the constraint (engine decode, ms per token)\n\n"
+             f"{args.rounds} round(s), max_tokens {args.max_tokens}, {args.variant}, "
+             f"{args.threads or 'default'} threads{' (--quick: a smoke run)' if args.quick else ''}. "
+             "Step times on a shared machine are noise; the constraint's own work below is the "
+             "steadier figure.\n\n"
              + markdown_table(["batch", "free", "constrained", "overhead"], rows)
              + f"\nValid JSON (of answers that finished with stop): {valid}/{finished}; "
                f"hit max_tokens: {length}. Grammar tokenizer built once in {tokenizer_s:.2f} s. "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import AsyncIterator
 
 from ray import serve
@@ -116,6 +117,9 @@ class LLMDeployment:
         self.metrics = EngineMetrics()
         self.engine.on_step = self._on_step
         self.engine.start()
+        # The grammar tokenizer takes ~1 s: build it now, off the event loop, not on the first
+        # constrained request.
+        threading.Thread(target=lambda: self.engine.grammar_tokenizer, daemon=True).start()
 
     def _on_step(self, step: StepStats) -> None:
         self.metrics.record(step)

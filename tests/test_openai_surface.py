@@ -148,6 +148,17 @@ def test_tool_call_round_trip(client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
+def test_tool_choice_auto_gives_text_or_a_valid_call(client):
+    for question in ["What is the weather in Paris?", "Write one word."]:
+        c = client.chat.completions.create(model=CHAT, temperature=0, max_tokens=40, tools=[WEATHER],
+                                           messages=[{"role": "user", "content": question}]).choices[0]
+        if c.finish_reason == "tool_calls":
+            jsonschema.validate(json.loads(c.message.tool_calls[0].function.arguments),
+                                WEATHER["function"]["parameters"])
+        else:
+            assert c.message.content and c.message.tool_calls is None
+
+
 def test_sixteen_concurrent_mixed_requests_are_all_valid(client):
     schema = City.model_json_schema()
 
