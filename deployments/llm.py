@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -121,6 +122,9 @@ class LLMDeployment:
         self.metrics = EngineMetrics()
         self.engine.on_step = self._on_step
         self.engine.start()
+        # The grammar tokenizer takes ~1 s: build it now, off the event loop, not on the first
+        # constrained request.
+        threading.Thread(target=lambda: self.engine.grammar_tokenizer, daemon=True).start()
 
     def _on_step(self, step: StepStats) -> None:
         self.metrics.record(step)
@@ -162,7 +166,8 @@ class LLMDeployment:
                 # tokens, so the Serve streaming path does not cost a hop per token.
                 while not queue.empty() and not out.finish_reason:
                     more = queue.get_nowait()
-                    out = dataclasses.replace(more, text=out.text + more.text)
+                    out = dataclasses.replace(more, text=out.text + more.text,
+                                              logprobs=out.logprobs + more.logprobs)
                 if out.finish_reason == "error":
                     raise RuntimeError(f"generation failed: {out.text}")
                 yield dataclasses.asdict(out)
@@ -174,10 +179,47 @@ class LLMDeployment:
                 self.engine.cancel(seq)
 
     async def generate(self, prompt_ids: list[int], params: dict) -> dict:
-        text, last = [], {}
+        text, logprobs, last = [], [], {}
         async for last in self.stream(prompt_ids, params):
             text.append(last["text"])
-        return {**last, "text": "".join(text)}
+            logprobs += last["logprobs"]
+        return {**last, "text": "".join(text), "logprobs": logprobs}
+
+    async def stream_choices(self, prompt_ids: list[int], params: list[dict]) -> AsyncIterator[dict]:
+        """Several choices of one prompt (OpenAI's n), each output tagged with its `index`. The
+        first choice prefills the prompt alone; the others start once its first token shows the
+        prompt is in the prefix cache, and reuse it instead of prefilling it again."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def add(i: int) -> Sequence:
+            return self.engine.add(prompt_ids, SamplingParams(**params[i]),
+                                   lambda out: loop.call_soon_threadsafe(queue.put_nowait, (i, out)))
+
+        seqs = [add(0)]
+        try:
+            first = await queue.get()
+            seqs += [add(i) for i in range(1, len(params))]
+            queue.put_nowait(first)
+            finished = 0
+            while finished < len(params):
+                i, out = await queue.get()
+                if out.finish_reason == "error":
+                    raise RuntimeError(f"generation failed: {out.text}")
+                finished += out.finish_reason is not None
+                yield {**dataclasses.asdict(out), "index": i}
+        finally:
+            for seq in seqs:
+                if not seq.finished:  # the caller went away: stop decoding, free the slot
+                    self.engine.cancel(seq)
+
+    async def generate_choices(self, prompt_ids: list[int], params: list[dict]) -> list[dict]:
+        outs = [{"text": "", "logprobs": []} for _ in params]
+        async for out in self.stream_choices(prompt_ids, params):
+            i = out["index"]
+            outs[i] = {**out, "text": outs[i]["text"] + out["text"],
+                       "logprobs": outs[i]["logprobs"] + out["logprobs"]}
+        return outs
 
     def stats(self) -> dict:
         """Engine occupancy, for operators and tests: running/waiting sequences, KV bytes."""

@@ -5,6 +5,7 @@ A generation's path, top to bottom: the route -> ResponseCacheClient (near cache
 (openai_format) and to the cache after it was sent.
 """
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 
@@ -19,7 +20,10 @@ from core.build.artifacts import EMBEDDER_ID, LLM_ID, build_llm
 from core.llm.chat_tokenizer import ChatTokenizer, PromptTooLong
 
 from .auth import load_keys, tenant_for
+from .choices import ChoiceBuilder
 from .errors import APIError, install_error_handlers, model_not_found, serving_error
+from .logprobs import TokenTexts
+from .merged_streams import merged
 from .openai_format import Endpoint, Reply, sse, usage
 from .response_cache import CachePlan, Lookup, ResponseCacheClient
 from .schemas import (
@@ -30,6 +34,7 @@ from .schemas import (
     ModelList,
     SamplingFields,
 )
+from .structured import Structure, chat_messages, structure_for
 
 app = FastAPI(title="effserve", description="Efficient LLM and embedding inference on Ray Serve")
 install_error_handlers(app)
@@ -45,33 +50,62 @@ class Ingress:
         self.cache = ResponseCacheClient(cache, near_cache_entries) if cache is not None else None
         self.keys = load_keys(api_keys)
         self.chat = ChatTokenizer(build_llm(progress=lambda _: None))
+        self.token_texts = TokenTexts(self.chat.tokenizer)
 
     # -- generation, cached or not -----------------------------------------------------------
     async def _generation(self, request: Request, endpoint: Endpoint, req: SamplingFields,
-                          prompt: str, max_tokens: int, param: str):
+                          prompts: list[str], max_tokens: int, param: str,
+                          structure: Structure | None = None):
+        structure = structure or Structure()
         tenant = tenant_for(request.headers.get("authorization"), self.keys)
         if req.model != LLM_ID:
             raise model_not_found(req.model, LLM_ID)
-        prompt_ids = self._tokenize(prompt, param)
+        prompt_ids = [self._tokenize(p, param) for p in prompts]
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         reply = Reply(endpoint)
         plan = self.cache.plan(request.headers, endpoint, req, tenant) if self.cache else CachePlan()
         found = await self.cache.lookup(plan.keys) if plan.look_up else Lookup()
         if found.body is not None:
             return self._replay(reply, found, req.stream, include_usage)
-        params = {"max_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
-                  "seed": req.seed, "stop": req.stop_list(), "ignore_eos": req.ignore_eos}
+        runs = self._runs(endpoint, req, prompt_ids, max_tokens, structure)
+        builders = [ChoiceBuilder(i, endpoint, self.token_texts, runs[0][1][0]["logprobs"] is not None,
+                                  bool(structure.tools)) for i in range(len(runs) * req.n)]
+        prompt_tokens = sum(len(ids) for ids in prompt_ids)
         if req.stream:
-            return await self._stream(reply, prompt_ids, params, include_usage, param, plan, found)
-        try:
-            out = await self.llm.generate.remote(prompt_ids, params)
+            return await self._stream(reply, runs, builders, prompt_tokens, include_usage, param,
+                                      plan, found)
+        try:  # a prompt's n choices go to one replica together: they share its prefill there
+            per_prompt = await asyncio.gather(*[
+                self.llm.generate_choices.remote(ids, ps) if len(ps) > 1
+                else self.llm.generate.remote(ids, ps[0]) for ids, ps in runs])
         except Exception as exc:
             raise serving_error(exc, param) from exc
-        body = reply.body(out["text"], out["finish_reason"],
-                          usage(len(prompt_ids), out["n_tokens"], out["cached_tokens"]))
+        outs = [out for got in per_prompt for out in (got if isinstance(got, list) else [got])]
+        body = reply.body([b.whole(out) for b, out in zip(builders, outs, strict=True)],
+                          usage(prompt_tokens, sum(o["n_tokens"] for o in outs),
+                                min(sum(o["cached_tokens"] for o in outs), prompt_tokens)))
         if plan.keys is not None:
             self.cache.store_later(plan.keys, found.embedding, body)
         return JSONResponse(body, headers={"x-cache": "miss"})
+
+    def _runs(self, endpoint: Endpoint, req: SamplingFields, prompt_ids: list[list[int]],
+              max_tokens: int, structure: Structure) -> list[tuple[list[int], list[dict]]]:
+        """(prompt ids, engine params of its n choices) per prompt; choices are numbered in this
+        order. Choice j of a seeded request samples with seed + j: reproducible, not n copies."""
+        vocab = self.chat.tokenizer.get_vocab_size()
+        bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
+        if any(token >= vocab for token in bias):
+            raise APIError(400, f"logit_bias has a token id beyond the vocabulary ({vocab})", "logit_bias")
+        if endpoint == "chat":
+            top = (req.top_logprobs or 0) if req.logprobs else None
+        else:
+            top = req.logprobs
+        params = {"max_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
+                  "stop": req.stop_list(), "ignore_eos": req.ignore_eos,
+                  "presence_penalty": req.presence_penalty, "frequency_penalty": req.frequency_penalty,
+                  "logit_bias": bias, "logprobs": top, "grammar": structure.grammar}
+        return [(ids, [{**params, "seed": None if req.seed is None else req.seed + j}
+                       for j in range(req.n)]) for ids in prompt_ids]
 
     def _tokenize(self, prompt: str, param: str) -> list[int]:
         ids = self.chat.encode(prompt)
@@ -90,40 +124,44 @@ class Ingress:
         return StreamingResponse(reply.replay_events(found.body, include_usage),
                                  media_type="text/event-stream", headers=headers)
 
-    async def _stream(self, reply: Reply, prompt_ids: list[int], params: dict, include_usage: bool,
+    async def _stream(self, reply: Reply, runs: list[tuple[list[int], list[dict]]],
+                      builders: list[ChoiceBuilder], prompt_tokens: int, include_usage: bool,
                       param: str, plan: CachePlan, found: Lookup) -> StreamingResponse:
-        deltas = self.llm.options(stream=True).stream.remote(prompt_ids, params)
-        try:  # the first delta decides between an HTTP error and a 200 event stream
-            first = await deltas.__anext__()
+        llm = self.llm.options(stream=True)
+        streams = [llm.stream_choices.remote(ids, ps) if len(ps) > 1 else llm.stream.remote(ids, ps[0])
+                   for ids, ps in runs]
+        n = len(builders) // len(runs)
+        try:  # the first deltas decide between an HTTP error and a 200 event stream
+            firsts = await asyncio.gather(*[s.__anext__() for s in streams])
         except Exception as exc:
+            for s in streams:
+                s.cancel()
             raise serving_error(exc, param) from exc
 
-        async def all_deltas() -> AsyncIterator[dict]:
-            yield first
-            async for delta in deltas:
-                yield delta
-
         async def events() -> AsyncIterator[str]:
-            parts, last = [], first
-            for event in reply.opening():
+            lasts = [{"n_tokens": 0, "cached_tokens": 0, "finish_reason": None}] * len(builders)
+            for event in reply.opening(len(builders)):
                 yield event
             try:
-                async for last in all_deltas():
-                    parts.append(last["text"])
-                    if last["text"] or last["finish_reason"]:
-                        yield reply.chunk(last["text"], last["finish_reason"])
+                async for k, delta in merged(streams, firsts):
+                    i = k * n + delta.get("index", 0)
+                    lasts[i] = delta
+                    for choice in builders[i].deltas(delta):
+                        yield reply.chunk(choice)
             except Exception as exc:  # noqa: BLE001 - headers are sent: report it in the stream
                 yield sse({"error": {"message": f"generation failed: {exc}", "type": "server_error",
                                      "param": None, "code": "internal_error"}})
-                last = {**last, "finish_reason": "error"}
+                lasts = [{**last, "finish_reason": "error"} for last in lasts]
             finally:
-                deltas.cancel()  # a disconnected client stops its sequence in the engine
-            used = usage(len(prompt_ids), last["n_tokens"], last["cached_tokens"])
+                for s in streams:
+                    s.cancel()  # a disconnected client stops its sequences in the engine
+            used = usage(prompt_tokens, sum(last["n_tokens"] for last in lasts),
+                         min(sum(last["cached_tokens"] for last in lasts), prompt_tokens))
             for event in reply.closing(used if include_usage else None):
                 yield event
-            if plan.keys is not None and last["finish_reason"] in ("stop", "length"):
-                body = reply.body("".join(parts), last["finish_reason"], used)
-                self.cache.store_later(plan.keys, found.embedding, body)
+            if plan.keys is not None and all(last["finish_reason"] in ("stop", "length") for last in lasts):
+                self.cache.store_later(plan.keys, found.embedding,
+                                       reply.body([b.final() for b in builders], used))
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "x-cache": "miss"})
@@ -141,13 +179,14 @@ class Ingress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, req: ChatCompletionRequest, request: Request):
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        return await self._generation(request, "chat", req, self.chat.chat_prompt(messages),
-                                      req.token_budget(), "messages")
+        structure = structure_for(req)
+        prompt = self.chat.chat_prompt(chat_messages(req, structure))
+        return await self._generation(request, "chat", req, [prompt], req.token_budget(), "messages",
+                                      structure)
 
     @app.post("/v1/completions")
     async def completions(self, req: CompletionRequest, request: Request):
-        return await self._generation(request, "completions", req, req.prompt_text(),
+        return await self._generation(request, "completions", req, req.prompts(),
                                       req.max_tokens, "prompt")
 
     @app.delete("/v1/cache")
@@ -190,3 +229,4 @@ class Ingress:
         if req.encoding_format == "base64":
             return base64.b64encode(v.astype("<f4").tobytes()).decode()
         return v.tolist()
+

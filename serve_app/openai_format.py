@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Literal
 
 from core.build.artifacts import LLM_ID
@@ -15,6 +16,17 @@ from core.build.artifacts import LLM_ID
 from .schemas import Usage, new_id, now
 
 Endpoint = Literal["chat", "completions"]
+
+
+@dataclass
+class Choice:
+    """One choice's text (all of it, or a stream delta's piece) and what goes with it."""
+
+    index: int
+    text: str = ""
+    finish: str | None = None
+    logprobs: dict | None = None  # already in the endpoint's shape
+    tool_calls: list[dict] | None = None
 
 
 class TextCompletionFormat:
@@ -26,17 +38,18 @@ class TextCompletionFormat:
     chunk_object = "text_completion"
     opens_with_role = False  # chat streams announce the assistant's role in a first chunk
 
-    def choice(self, text: str, finish: str) -> dict:
-        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    def choice(self, c: Choice) -> dict:
+        return {"index": c.index, "text": c.text, "finish_reason": c.finish, "logprobs": c.logprobs}
 
-    def delta(self, text: str | None, finish: str | None) -> dict:
-        return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+    def delta(self, c: Choice) -> dict:
+        return self.choice(c)
 
-    def role_delta(self) -> dict:
+    def role_delta(self, index: int) -> dict:
         raise NotImplementedError("completions streams have no role chunk")
 
-    def text_of(self, body: dict) -> str:
-        return body["choices"][0]["text"]
+    def choices_of(self, body: dict) -> list[Choice]:
+        return [Choice(c["index"], c["text"], c["finish_reason"], c.get("logprobs"))
+                for c in body["choices"]]
 
 
 class ChatCompletionFormat(TextCompletionFormat):
@@ -48,20 +61,25 @@ class ChatCompletionFormat(TextCompletionFormat):
     chunk_object = "chat.completion.chunk"
     opens_with_role = True
 
-    def choice(self, text: str, finish: str) -> dict:
-        return {"index": 0, "message": {"role": "assistant", "content": text},
-                "finish_reason": finish, "logprobs": None}
+    def choice(self, c: Choice) -> dict:
+        message = {"role": "assistant", "content": None if c.tool_calls else c.text}
+        if c.tool_calls:
+            message["tool_calls"] = c.tool_calls
+        return {"index": c.index, "message": message, "finish_reason": c.finish, "logprobs": c.logprobs}
 
-    def delta(self, text: str | None, finish: str | None) -> dict:
-        return {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish,
+    def delta(self, c: Choice) -> dict:
+        delta: dict = {"content": c.text} if c.text else {}
+        if c.tool_calls:  # streamed calls carry their position in the list
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(c.tool_calls)]
+        return {"index": c.index, "delta": delta, "finish_reason": c.finish, "logprobs": c.logprobs}
+
+    def role_delta(self, index: int) -> dict:
+        return {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
                 "logprobs": None}
 
-    def role_delta(self) -> dict:
-        return {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
-                "logprobs": None}
-
-    def text_of(self, body: dict) -> str:
-        return body["choices"][0]["message"]["content"]
+    def choices_of(self, body: dict) -> list[Choice]:
+        return [Choice(c["index"], c["message"].get("content") or "", c["finish_reason"],
+                       c.get("logprobs"), c["message"].get("tool_calls")) for c in body["choices"]]
 
 
 FORMATS: dict[Endpoint, TextCompletionFormat] = {"chat": ChatCompletionFormat(),
@@ -85,20 +103,22 @@ class Reply:
         self.format = FORMATS[endpoint]
         self.id, self.created = new_id(self.format.id_prefix), now()
 
-    def body(self, text: str, finish: str, usage: dict) -> dict:
+    def body(self, choices: list[Choice], usage: dict) -> dict:
         return {"id": self.id, "object": self.format.body_object, "created": self.created,
-                "model": LLM_ID, "choices": [self.format.choice(text, finish)], "usage": usage}
+                "model": LLM_ID, "choices": [self.format.choice(c) for c in choices], "usage": usage}
 
     def _chunk(self, choices: list[dict]) -> dict:
         return {"id": self.id, "object": self.format.chunk_object, "created": self.created,
                 "model": LLM_ID, "choices": choices}
 
-    def opening(self) -> list[str]:
-        """Events before the first text: the role chunk, for chat."""
-        return [sse(self._chunk([self.format.role_delta()]))] if self.format.opens_with_role else []
+    def opening(self, n: int = 1) -> list[str]:
+        """Events before the first text: each choice's role chunk, for chat."""
+        if not self.format.opens_with_role:
+            return []
+        return [sse(self._chunk([self.format.role_delta(i)])) for i in range(n)]
 
-    def chunk(self, text: str | None, finish: str | None = None) -> str:
-        return sse(self._chunk([self.format.delta(text, finish)]))
+    def chunk(self, choice: Choice) -> str:
+        return sse(self._chunk([self.format.delta(choice)]))
 
     def closing(self, usage: dict | None) -> list[str]:
         """Events after the last text: usage (when asked for with stream_options), then [DONE]."""
@@ -110,11 +130,13 @@ class Reply:
         return {**cached, "id": self.id, "created": self.created}
 
     async def replay_events(self, cached: dict, include_usage: bool) -> AsyncIterator[str]:
-        """A cached body as an event stream: the whole text in one chunk."""
+        """A cached body as an event stream: each choice whole in one chunk, then its finish."""
         body = self.replay(cached)
-        for event in self.opening():
+        choices = self.format.choices_of(body)
+        for event in self.opening(len(choices)):
             yield event
-        yield self.chunk(self.format.text_of(body))
-        yield self.chunk(None, body["choices"][0]["finish_reason"])
+        for c in choices:
+            yield self.chunk(Choice(c.index, c.text, None, c.logprobs, c.tool_calls))
+            yield self.chunk(Choice(c.index, finish=c.finish))
         for event in self.closing(body["usage"] if include_usage else None):
             yield event

@@ -63,7 +63,10 @@ def test_sampling_params_reject_out_of_range(bad):
 def test_chat_request_rejects_unknown_fields_and_bad_ranges():
     base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     ChatCompletionRequest(**base)
-    for bad in [{"temperature": 3}, {"n": 2}, {"bogus": 1}, {"messages": []}, {"max_tokens": -1}]:
+    for bad in [{"temperature": 3}, {"n": 9}, {"bogus": 1}, {"messages": []}, {"max_tokens": -1},
+                {"logprobs": True, "top_logprobs": 21}, {"top_logprobs": 2}, {"tool_choice": "auto"},
+                {"logit_bias": {"abc": 1}}, {"logit_bias": {"5": 101}},
+                {"response_format": {"type": "json_schema"}}]:
         with pytest.raises(ValidationError):
             ChatCompletionRequest(**(base | bad))
 

@@ -48,11 +48,30 @@ def test_code_fences_keep_their_whitespace():
     [
         {"temperature": 0.5}, {"top_p": 0.9}, {"max_tokens": 10}, {"stop": ["\n"]}, {"seed": 1},
         {"n": 2}, {"presence_penalty": 0.1}, {"response_format": {"type": "json_object"}},
-        {"some_future_param": True},
+        {"some_future_param": True}, {"frequency_penalty": 0.1}, {"logit_bias": {"42": -100}},
+        {"logprobs": True}, {"logprobs": True, "top_logprobs": 3}, {"tool_choice": "required"},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
     ],
 )  # fmt: skip
 def test_every_answer_changing_param_changes_the_key(change):
     assert key({**CHAT, **change}) != key(CHAT)
+    # ... and the semantic partition: a neighbour must have been answered under the same settings
+    assert keys.params_fingerprint("chat", {**CHAT, **change}) != keys.params_fingerprint("chat", CHAT)
+
+
+def test_schema_and_tool_details_change_the_key():
+    def schema(t: str) -> dict:
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "x", "schema": {"type": t}}}}
+
+    def tool(name: str) -> dict:
+        return {"tools": [{"type": "function", "function": {"name": name}}],
+                "tool_choice": {"type": "function", "function": {"name": name}}}
+
+    assert key({**CHAT, **schema("object")}) != key({**CHAT, **schema("array")})
+    assert key({**CHAT, **tool("f")}) != key({**CHAT, **tool("g")})
+    assert key({**CHAT, "logit_bias": {"1": 5}}) != key({**CHAT, "logit_bias": {"1": 6}})
 
 
 def test_model_tenant_and_endpoint_change_the_key():

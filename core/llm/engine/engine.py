@@ -12,18 +12,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..chat_tokenizer import ChatTokenizer, PromptTooLong
+from ..constraint import GrammarTokenizer
 from ..detokenizer import StreamDecoder
 from ..model_runner import ModelRunner
 from ..prefix_cache import PrefixCache, PrefixCacheStats
-from ..sampling import SamplingParams, sample
+from ..sampling import SamplingParams
 from ..speculative import SpecStats
+from .rows import pick_token
 from .scheduler import Scheduler, Work
 from .sequence import Output, Sequence, Status
 from .speculation import DraftService, Speculation
@@ -112,6 +116,12 @@ class LLMEngine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._masks = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
+
+    @cached_property
+    def grammar_tokenizer(self) -> GrammarTokenizer:
+        """Built on the first constrained request (~1 s), then shared by every matcher."""
+        return GrammarTokenizer(self.chat.tokenizer.to_str(), self.chat.stop_ids)
 
     # -- requests (any thread) ---------------------------------------------------------------
     def add(self, prompt_ids: list[int], params: SamplingParams,
@@ -123,6 +133,8 @@ class LLMEngine:
                                 f"limit is {self.max_seq_len - 1}")
         params = replace(params, max_tokens=min(params.max_tokens, self.max_seq_len - len(prompt_ids)))
         seq = Sequence(prompt_ids, params, StreamDecoder(self.chat.tokenizer, params.stop), on_output)
+        if params.grammar is not None:
+            seq.constraint = self.grammar_tokenizer.matcher(params.grammar)
         with self._lock:
             if len(self.scheduler.waiting) >= self.config.max_waiting:
                 raise Overloaded(f"{len(self.scheduler.waiting)} requests already waiting")
@@ -165,9 +177,12 @@ class LLMEngine:
             return False
         start = time.perf_counter()
         if (self.spec is not None and work.kind == "decode"
-                and len(work.seqs) <= self.config.spec_max_batch):
+                and len(work.seqs) <= self.config.spec_max_batch
+                and all(s.params.plain for s in work.seqs)):  # drafts would bypass bias/grammar
             return self._speculative_step(work, start)
+        masks = self._grammar_masks(work)  # computed while the model runs
         logits = self._run(work)
+        allowed = masks.result() if masks is not None else {}
         ttfts, itls = [], []
         with self._lock:
             for row, (seq, chunk) in enumerate(zip(work.seqs, work.chunks, strict=True)):
@@ -178,7 +193,8 @@ class LLMEngine:
                     self._cache_kv(seq, seq.prompt_ids)
                 seq.status = Status.DECODING
                 before = seq.last_token_at
-                self._emit(seq, sample(logits[row, 0], seq.params, seq.rng))
+                self._emit(seq, pick_token(seq, logits[row, 0], allowed.get(seq.seq_id),
+                                           self.chat.stop_ids))
                 (itls.append(seq.last_token_at - before) if before is not None
                  else ttfts.append(seq.last_token_at - seq.arrival))
             running, waiting = self.counts()
@@ -211,6 +227,14 @@ class LLMEngine:
             self.on_step(StepStats("decode", len(work.seqs), emitted, time.perf_counter() - start,
                                    running, waiting, [], itls, kv_bytes))
         return True
+
+    def _grammar_masks(self, work: Work) -> Future | None:
+        """The allowed-token masks of the constrained rows, on a worker thread (llguidance and
+        ONNX Runtime both release the GIL)."""
+        rows = [s for s in work.seqs if s.constraint is not None]
+        if not rows:
+            return None
+        return self._masks.submit(lambda: {s.seq_id: s.constraint.allowed() for s in rows})
 
     def _reuse_prefix(self, seq: Sequence) -> None:
         """Copy the longest cached prefix into the new sequence's slot; prefill only the rest.
@@ -260,6 +284,9 @@ class LLMEngine:
             self._finish(seq, "stop")
             return
         seq.output_ids.append(token)
+        if seq.last_logprob is not None:
+            seq.logprobs.append(seq.last_logprob)
+            seq.last_logprob = None
         text = seq.decoder.push(token)
         if seq.decoder.stopped:
             self._finish(seq, "stop", text)
@@ -268,7 +295,7 @@ class LLMEngine:
         else:
             seq.pending = token
             if text:
-                seq.on_output(Output(text, len(seq.output_ids)))
+                seq.on_output(Output(text, len(seq.output_ids), logprobs=self._take_logprobs(seq)))
 
     def _finish(self, seq: Sequence, reason: str, text: str = "") -> None:
         if seq.finished:
@@ -287,7 +314,13 @@ class LLMEngine:
         self.scheduler.release(seq)
         if reason != "stop" or not seq.decoder.stopped:
             text += seq.decoder.flush()
-        seq.on_output(Output(text, len(seq.output_ids), reason, seq.reused_tokens))
+        seq.on_output(Output(text, len(seq.output_ids), reason, seq.reused_tokens,
+                             self._take_logprobs(seq)))
+
+    @staticmethod
+    def _take_logprobs(seq: Sequence) -> list:
+        taken, seq.logprobs = seq.logprobs, []
+        return taken
 
     # -- loop --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -304,6 +337,7 @@ class LLMEngine:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=10)
+        self._masks.shutdown(wait=False)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -330,5 +364,6 @@ class LLMEngine:
         seqs = [self.add(p, params, outputs[i].append) for i, p in enumerate(prompts)]
         while not all(s.finished for s in seqs):
             self.step()
-        return [Output("".join(o.text for o in out), out[-1].n_tokens, out[-1].finish_reason)
+        return [Output("".join(o.text for o in out), out[-1].n_tokens, out[-1].finish_reason,
+                       logprobs=[lp for o in out for lp in o.logprobs])
                 for out in outputs]

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ..constraint import Constraint
 from ..detokenizer import StreamDecoder
-from ..sampling import SamplingParams, rng_for
+from ..sampling import SamplingParams, TokenLogprob, rng_for
 
 _ids = itertools.count()
 
@@ -29,6 +30,7 @@ class Output:
     n_tokens: int
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (set when finished)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # tokens since the last output
 
 
 @dataclass(eq=False)
@@ -49,6 +51,10 @@ class Sequence:
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     last_token_at: float | None = None
+    constraint: Constraint | None = None  # the grammar its output must match
+    counts: dict[int, int] = field(default_factory=dict)  # output token -> times (penalties)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet reported
+    last_logprob: TokenLogprob | None = None  # of the token just picked
 
     def __post_init__(self) -> None:
         self.rng = rng_for(self.params.seed)
