@@ -27,7 +27,7 @@ class Output:
 
     text: str
     n_tokens: int
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "timeout" | "error"
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (set when finished)
 
 
@@ -49,6 +49,9 @@ class Sequence:
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     last_token_at: float | None = None
+    tenant: str = "default"  # the API key's tenant: fair shares of slots (fairness.py)
+    deadline: float | None = None  # perf_counter time after which the request ends ("timeout")
+    expected_wait_s: float | None = None  # estimated at admission (admission.py), for metrics
 
     def __post_init__(self) -> None:
         self.rng = rng_for(self.params.seed)
