@@ -16,7 +16,7 @@ from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from core.build.artifacts import SERVED_VARIANT
-from core.llm.engine import EngineConfig, LLMEngine, Sequence
+from core.llm.engine import DeadlineExceeded, EngineConfig, LLMEngine, Overloaded, Sequence
 from core.llm.engine.engine import StepStats
 from core.llm.prefix_cache import PrefixCacheStats
 from core.llm.sampling import SamplingParams
@@ -44,6 +44,17 @@ class EngineMetrics:
         self.running = metrics.Gauge("llm_running_sequences", description="sequences holding a KV slot")
         self.waiting = metrics.Gauge("llm_waiting_sequences", description="sequences queued for a slot")
         self.kv_bytes = metrics.Gauge("llm_kv_cache_bytes", description="KV bytes: slots + prefix cache")
+        self.refusals = metrics.Counter("llm_refusals", description="requests the engine refused",
+                                        tag_keys=("reason",))
+        self.queue_wait = metrics.Histogram("llm_queue_wait_s", description="arrival -> KV slot",
+                                            boundaries=LATENCY_BOUNDARIES_S)
+        self.expected_wait = metrics.Histogram("llm_expected_wait_s", boundaries=LATENCY_BOUNDARIES_S,
+                                               description="time to first token the engine expected "
+                                                           "when it accepted a request")
+        self.wait_ratio = metrics.Histogram("llm_actual_to_expected_wait_ratio",
+                                            boundaries=[0.1, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 4, 10],
+                                            description="actual / expected time to first token "
+                                                        "(> 1: the estimate was short)")
         self.prefix_queried = metrics.Counter("llm_prefix_cache_queried_tokens",
                                               description="prompt tokens looked up in the prefix cache")
         self.prefix_hits = metrics.Counter("llm_prefix_cache_hit_tokens",
@@ -91,6 +102,12 @@ class EngineMetrics:
         self.running.set(step.running)
         self.waiting.set(step.waiting)
         self.kv_bytes.set(step.kv_bytes)
+        for seconds in step.queue_waits:
+            self.queue_wait.observe(seconds)
+        for expected, actual in step.estimates:
+            self.expected_wait.observe(expected)
+            if expected > 0:
+                self.wait_ratio.observe(actual / expected)
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
@@ -126,22 +143,28 @@ class LLMDeployment:
             self.metrics.record_spec(engine.speculative)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _admit(self, requests: list[tuple[list[int], dict]]) -> list[tuple]:
+    async def _admit(self, requests: list[tuple[list[int], dict, dict]]) -> list[tuple]:
         """Hand a group of requests to the engine at once; each gets its sequence and queue."""
         loop = asyncio.get_running_loop()
         admitted = []
-        for prompt_ids, params in requests:
+        for prompt_ids, params, meta in requests:
             queue: asyncio.Queue = asyncio.Queue()
             try:
                 seq = self.engine.add(prompt_ids, SamplingParams(**params),
-                                      lambda out, q=queue: loop.call_soon_threadsafe(q.put_nowait, out))
+                                      lambda out, q=queue: loop.call_soon_threadsafe(q.put_nowait, out),
+                                      tenant=meta.get("tenant", "default"),
+                                      timeout_s=meta.get("timeout_s"))
             except Exception as exc:  # noqa: BLE001 - handed to that request's caller below
+                if isinstance(exc, Overloaded):
+                    self.metrics.refusals.inc(tags={"reason": exc.reason})
                 seq = exc
             admitted.append((seq, queue))
         return admitted
 
-    async def stream(self, prompt_ids: list[int], params: dict) -> AsyncIterator[dict]:
-        seq, queue = await self._admit((prompt_ids, params))
+    async def stream(self, prompt_ids: list[int], params: dict,
+                     meta: dict | None = None) -> AsyncIterator[dict]:
+        """meta: tenant (fair shares), timeout_s (deadline), request_id (logs)."""
+        seq, queue = await self._admit((prompt_ids, params, meta or {}))
         if isinstance(seq, Exception):
             raise seq
         assert isinstance(seq, Sequence)
@@ -155,6 +178,8 @@ class LLMDeployment:
                     out = dataclasses.replace(more, text=out.text + more.text)
                 if out.finish_reason == "error":
                     raise RuntimeError(f"generation failed: {out.text}")
+                if out.finish_reason == "timeout":
+                    raise DeadlineExceeded(f"request {(meta or {}).get('request_id')} timed out")
                 yield dataclasses.asdict(out)
                 if out.finish_reason:
                     return
@@ -162,11 +187,15 @@ class LLMDeployment:
             if not seq.finished:  # the caller went away: stop decoding, free the slot
                 self.engine.cancel(seq)
 
-    async def generate(self, prompt_ids: list[int], params: dict) -> dict:
+    async def generate(self, prompt_ids: list[int], params: dict, meta: dict | None = None) -> dict:
         text, last = [], {}
-        async for last in self.stream(prompt_ids, params):
+        async for last in self.stream(prompt_ids, params, meta):
             text.append(last["text"])
         return {**last, "text": "".join(text)}
+
+    def load(self) -> dict:
+        """The engine's queue and expected waits: the ingress polls it to refuse early."""
+        return self.engine.load()
 
     def stats(self) -> dict:
         """Engine occupancy, for operators and tests: running/waiting sequences, KV bytes."""

@@ -6,7 +6,10 @@ A generation's path, top to bottom: the route -> ResponseCacheClient (near cache
 """
 
 import base64
+import logging
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -19,8 +22,17 @@ from core.build.artifacts import EMBEDDER_ID, LLM_ID, build_llm
 from core.llm.chat_tokenizer import ChatTokenizer, PromptTooLong
 
 from .auth import load_keys, tenant_for
-from .errors import APIError, install_error_handlers, model_not_found, serving_error
+from .errors import (
+    APIError,
+    install_error_handlers,
+    model_not_found,
+    request_id,
+    serving_error,
+    stream_error,
+)
 from .openai_format import Endpoint, Reply, sse, usage
+from .overload import IngressMetrics, LoadView
+from .quotas import QuotaArgs, Quotas
 from .response_cache import CachePlan, Lookup, ResponseCacheClient
 from .schemas import (
     ChatCompletionRequest,
@@ -31,8 +43,34 @@ from .schemas import (
     SamplingFields,
 )
 
+logger = logging.getLogger("ray.serve")
 app = FastAPI(title="effserve", description="Efficient LLM and embedding inference on Ray Serve")
 install_error_handlers(app)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """What a generation's error and quota paths need to know about it."""
+
+    tenant: str
+    max_tokens: int
+    arrived: float
+    meta: dict  # to the LLM deployment: tenant, request_id, timeout_s
+
+
+def _timeout(request: Request) -> float | None:
+    """`x-request-timeout: <seconds>`: the request ends (504 / an SSE error) when it passes."""
+    raw = request.headers.get("x-request-timeout")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600 or seconds != seconds:
+        raise APIError(400, "x-request-timeout must be a number of seconds in (0, 3600]",
+                       "x-request-timeout", "invalid_value")
+    return seconds
 
 
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
@@ -40,38 +78,69 @@ install_error_handlers(app)
 class Ingress:
     def __init__(self, llm: DeploymentHandle, embedder: DeploymentHandle,
                  cache: DeploymentHandle | None, llm_variant: str,
-                 api_keys: dict[str, str] | None = None, near_cache_entries: int = 0) -> None:
+                 api_keys: dict[str, str] | None = None, near_cache_entries: int = 0,
+                 max_queue_wait_s: float | None = None,
+                 quotas: dict[str, dict] | None = None) -> None:
         self.llm, self.embedder, self.llm_variant = llm, embedder, llm_variant
         self.cache = ResponseCacheClient(cache, near_cache_entries) if cache is not None else None
         self.keys = load_keys(api_keys)
         self.chat = ChatTokenizer(build_llm(progress=lambda _: None))
+        self.load = LoadView(llm, max_queue_wait_s)
+        self.quotas = Quotas({t: QuotaArgs(**q) for t, q in (quotas or {}).items()})
+        self.metrics = IngressMetrics()
 
     # -- generation, cached or not -----------------------------------------------------------
     async def _generation(self, request: Request, endpoint: Endpoint, req: SamplingFields,
                           prompt: str, max_tokens: int, param: str):
+        arrived = time.perf_counter()
         tenant = tenant_for(request.headers.get("authorization"), self.keys)
         if req.model != LLM_ID:
             raise model_not_found(req.model, LLM_ID)
+        timeout_s = _timeout(request)
+        try:  # refusals first: before tokenization, templates, cache work or a hop
+            self.quotas.admit(tenant)
+            self.load.check(tenant)
+        except APIError as exc:
+            self.metrics.refused("quota" if exc.status == 429 else "expected_wait_early",
+                                 time.perf_counter() - arrived)
+            raise
         prompt_ids = self._tokenize(prompt, param)
+        self.quotas.spend_tokens(tenant, len(prompt_ids) + max_tokens)
+        meta = {"tenant": tenant, "request_id": request_id(request),
+                "timeout_s": None if timeout_s is None else timeout_s - (time.perf_counter() - arrived)}
+        ctx = _Ctx(tenant, max_tokens, arrived, meta)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         reply = Reply(endpoint)
         plan = self.cache.plan(request.headers, endpoint, req, tenant) if self.cache else CachePlan()
         found = await self.cache.lookup(plan.keys) if plan.look_up else Lookup()
         if found.body is not None:
+            self.quotas.give_back(tenant, max_tokens)  # a cached answer costs no generation
             return self._replay(reply, found, req.stream, include_usage)
         params = {"max_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
                   "seed": req.seed, "stop": req.stop_list(), "ignore_eos": req.ignore_eos}
         if req.stream:
-            return await self._stream(reply, prompt_ids, params, include_usage, param, plan, found)
+            return await self._stream(reply, prompt_ids, params, include_usage, param, plan, found,
+                                      ctx)
         try:
-            out = await self.llm.generate.remote(prompt_ids, params)
+            out = await self.llm.generate.remote(prompt_ids, params, meta)
         except Exception as exc:
-            raise serving_error(exc, param) from exc
+            raise self._failed(exc, param, ctx) from exc
+        self.quotas.give_back(tenant, max_tokens - out["n_tokens"])
         body = reply.body(out["text"], out["finish_reason"],
                           usage(len(prompt_ids), out["n_tokens"], out["cached_tokens"]))
         if plan.keys is not None:
             self.cache.store_later(plan.keys, found.embedding, body)
         return JSONResponse(body, headers={"x-cache": "miss"})
+
+    def _failed(self, exc: Exception, param: str, ctx: _Ctx) -> Exception:
+        """The HTTP error for a failed generation; refusals are counted by reason."""
+        self.quotas.give_back(ctx.tenant, ctx.max_tokens)
+        mapped = serving_error(exc, param)
+        if isinstance(mapped, APIError) and mapped.status in (503, 504):
+            self.metrics.refused(getattr(exc, "reason", mapped.code), time.perf_counter() - ctx.arrived)
+        if isinstance(mapped, APIError) and mapped.status >= 500:
+            logger.warning("request %s: %s", ctx.meta["request_id"], mapped.code, exc_info=exc)
+        return mapped
 
     def _tokenize(self, prompt: str, param: str) -> list[int]:
         ids = self.chat.encode(prompt)
@@ -91,12 +160,12 @@ class Ingress:
                                  media_type="text/event-stream", headers=headers)
 
     async def _stream(self, reply: Reply, prompt_ids: list[int], params: dict, include_usage: bool,
-                      param: str, plan: CachePlan, found: Lookup) -> StreamingResponse:
-        deltas = self.llm.options(stream=True).stream.remote(prompt_ids, params)
+                      param: str, plan: CachePlan, found: Lookup, ctx: _Ctx) -> StreamingResponse:
+        deltas = self.llm.options(stream=True).stream.remote(prompt_ids, params, ctx.meta)
         try:  # the first delta decides between an HTTP error and a 200 event stream
             first = await deltas.__anext__()
         except Exception as exc:
-            raise serving_error(exc, param) from exc
+            raise self._failed(exc, param, ctx) from exc
 
         async def all_deltas() -> AsyncIterator[dict]:
             yield first
@@ -113,11 +182,11 @@ class Ingress:
                     if last["text"] or last["finish_reason"]:
                         yield reply.chunk(last["text"], last["finish_reason"])
             except Exception as exc:  # noqa: BLE001 - headers are sent: report it in the stream
-                yield sse({"error": {"message": f"generation failed: {exc}", "type": "server_error",
-                                     "param": None, "code": "internal_error"}})
+                yield sse(stream_error(exc, ctx.meta["request_id"]))
                 last = {**last, "finish_reason": "error"}
             finally:
                 deltas.cancel()  # a disconnected client stops its sequence in the engine
+            self.quotas.give_back(ctx.tenant, ctx.max_tokens - last["n_tokens"])
             used = usage(len(prompt_ids), last["n_tokens"], last["cached_tokens"])
             for event in reply.closing(used if include_usage else None):
                 yield event
@@ -127,6 +196,13 @@ class Ingress:
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "x-cache": "miss"})
+
+    @app.get("/v1/load")
+    async def load_now(self, request: Request) -> dict:
+        """The engine's queue and expected waits as the ingress last saw them (operators)."""
+        tenant_for(request.headers.get("authorization"), self.keys)
+        return {"snapshot": self.load.snapshot,
+                "age_s": None if self.load.snapshot is None else time.monotonic() - self.load.at}
 
     # -- routes ------------------------------------------------------------------------------
     @app.get("/healthz")
@@ -190,3 +266,4 @@ class Ingress:
         if req.encoding_format == "base64":
             return base64.b64encode(v.astype("<f4").tobytes()).decode()
         return v.tolist()
+

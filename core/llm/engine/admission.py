@@ -78,3 +78,7 @@ def expected_wait(running: list[Pending], ahead: list[Pending], n_slots: int, pr
 def retry_after_s(expected_s: float, limit_s: float) -> int:
     """Whole seconds until the queue should have drained below the limit (1..60)."""
     return int(min(60, max(1, math.ceil(expected_s - limit_s))))
+
+
+class DeadlineExceeded(RuntimeError):
+    """The request's deadline (x-request-timeout) passed before it finished (HTTP 504)."""
