@@ -127,3 +127,24 @@ def test_ahead_of_new_counts_own_queue_and_others_fair_share():
     q.append(seq("light"))
     assert len(q.ahead_of_new("light")) == 1 + 2
     assert len(q.ahead_of_new("flood")) == 10 + 1
+
+
+def test_quota_buckets_refuse_with_retry_after_and_take_back_unused_tokens():
+    from serve_app.errors import APIError
+    from serve_app.quotas import QuotaArgs, Quotas
+
+    quotas = Quotas({"*": QuotaArgs(requests_per_min=2), "big": QuotaArgs(tokens_per_min=100)})
+    quotas.admit("x")
+    quotas.admit("x")
+    with pytest.raises(APIError) as over:
+        quotas.admit("x")
+    assert over.value.status == 429 and over.value.kind == "requests"
+    assert 1 <= int(over.value.headers["Retry-After"]) <= 30
+    quotas.admit("y")  # each tenant has its own bucket
+    quotas.admit("big")
+    quotas.spend_tokens("big", 150)  # in debt: the next request is refused
+    with pytest.raises(APIError) as debt:
+        quotas.admit("big")
+    assert debt.value.kind == "tokens"
+    quotas.give_back("big", 120)  # it generated less than it reserved
+    quotas.admit("big")
