@@ -47,6 +47,25 @@ def test_wait_grows_with_the_queue_and_shrinks_with_speed():
     assert expected_wait(running, [Pending(10, 100)] * 12, 4, 10, speed(decode_step_s=0.01)) < long
 
 
+def test_step_time_follows_the_batch_size():
+    s = Throughput()
+    for _ in range(30):  # on this "machine" a step costs 10 ms + 5 ms per row
+        for rows in (1, 4, 8):
+            s.observe("decode", rows, 0.010 + 0.005 * rows)
+    assert s.step_s(16) == pytest.approx(0.090, rel=1e-3)  # a burst runs at a larger batch
+    assert s.step_s(1) == pytest.approx(0.015, rel=1e-3)
+    # the estimator uses the batch the wait runs at: 16 rows here, not the 1 measured last
+    wait = expected_wait([Pending(0, 10)] * 16, [], 16, 0, s)
+    assert wait == pytest.approx(10 * 0.090, rel=1e-3)
+
+
+def test_one_batch_size_seen_gives_its_mean():
+    s = Throughput()
+    for _ in range(10):
+        s.observe("decode", 4, 0.02)
+    assert s.step_s(16) == pytest.approx(0.02)
+
+
 def test_throughput_ewma_moves_toward_measurements():
     s = Throughput()
     for _ in range(50):
@@ -55,7 +74,7 @@ def test_throughput_ewma_moves_toward_measurements():
     assert s.decode_step_s == pytest.approx(0.2, rel=1e-3)
     assert s.prefill_tok_s == pytest.approx(2000, rel=1e-3)
     s.observe("decode", 0, 0.0)  # ignored: nothing measured
-    assert s.decode_step_s == pytest.approx(0.2, rel=1e-3)
+    assert s.decode_step_s == pytest.approx(0.2, rel=1e-3) and s.step_s(8) == pytest.approx(0.2)
 
 
 def test_retry_after_is_whole_seconds_in_range():

@@ -21,7 +21,8 @@ def ids(generator) -> list[int]:
 
 def test_refuses_by_expected_wait_with_retry_after_and_keeps_the_accepted(generator):
     engine = make_engine(generator, max_waiting=50, max_queue_wait_s=2.0)
-    engine.speed.decode_step_s = 0.05  # what it would have measured: 200 steps ~ 10 s
+    for _ in range(20):  # what it would have measured: 200 steps ~ 10 s
+        engine.speed.observe("decode", 2, 0.05)
     accepted = [engine.add(ids(generator), LONG, lambda _: None) for _ in range(2)]
     with pytest.raises(Overloaded) as refused:  # both slots are taken for ~200 steps
         engine.add(ids(generator), LONG, lambda _: None)

@@ -35,19 +35,44 @@ class Overloaded(RuntimeError):
 
 
 class Throughput:
-    """EWMAs of what the engine measured: prefill tokens/s and seconds per decode step."""
+    """What the engine measured of itself: an EWMA of prefill tokens/s, and the decode step time
+    as a function of the batch size, t(b) = base + per_row * b, fitted by least squares over
+    recent steps (older ones fade by DECAY per step). A burst is admitted while the batch is
+    still small: the step time it will run at is the larger batch's, not the last step's."""
+
+    DECAY = 0.98
 
     def __init__(self) -> None:
         self.prefill_tok_s = PRIOR_PREFILL_TOK_S
-        self.decode_step_s = PRIOR_DECODE_STEP_S
+        self.decode_step_s = PRIOR_DECODE_STEP_S  # EWMA of the steps as they came (operators)
+        # exponentially weighted sums for the fit: weight, b, t, b^2, b*t
+        self._w = self._b = self._t = self._bb = self._bt = 0.0
 
     def observe(self, kind: str, tokens: int, seconds: float) -> None:
+        """tokens: prompt tokens (prefill) or rows (decode) in one step."""
         if seconds <= 0 or tokens <= 0:
             return
         if kind == "prefill":
             self.prefill_tok_s += ALPHA * (tokens / seconds - self.prefill_tok_s)
-        else:
-            self.decode_step_s += ALPHA * (seconds - self.decode_step_s)
+            return
+        self.decode_step_s += ALPHA * (seconds - self.decode_step_s)
+        d = self.DECAY
+        self._w = d * self._w + 1
+        self._b = d * self._b + tokens
+        self._t = d * self._t + seconds
+        self._bb = d * self._bb + tokens * tokens
+        self._bt = d * self._bt + tokens * seconds
+
+    def step_s(self, batch: int) -> float:
+        """Expected seconds of one decode step of `batch` rows."""
+        if self._w == 0:
+            return self.decode_step_s
+        mean_b, mean_t = self._b / self._w, self._t / self._w
+        var_b = self._bb / self._w - mean_b * mean_b
+        if var_b < 0.25:  # (nearly) one batch size seen: no slope to fit
+            return mean_t
+        per_row = max(0.0, (self._bt / self._w - mean_b * mean_t) / var_b)
+        return max(mean_t + per_row * (batch - mean_b), 0.25 * mean_t)
 
 
 @dataclass(frozen=True)
@@ -72,7 +97,8 @@ def expected_wait(running: list[Pending], ahead: list[Pending], n_slots: int, pr
         heapq.heappush(free_at, start + seq.decode)
         prefill += seq.prefill
     steps = free_at[0] if free_at else 0
-    return steps * speed.decode_step_s + (prefill + prompt_tokens) / speed.prefill_tok_s
+    batch = min(n_slots, len(running) + len(ahead) + 1)  # the batch the wait runs at
+    return steps * speed.step_s(batch) + (prefill + prompt_tokens) / speed.prefill_tok_s
 
 
 def retry_after_s(expected_s: float, limit_s: float) -> int:

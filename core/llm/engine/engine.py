@@ -363,8 +363,22 @@ class LLMEngine:
         self.slots.prefault()
         if self.spec is not None and self.spec.draft_slots is not None:
             self.spec.draft_slots.prefault()
+        self._calibrate()
         self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
         self._thread.start()
+
+    def _calibrate(self) -> None:
+        """Time a decode step at batch 1 and at full batch, and one full prefill chunk, so the
+        first burst is admitted on this machine's speed rather than on priors (~0.1-1 s)."""
+        n = self.config.max_running
+        chunk = min(self.config.max_prefill_tokens, self.max_seq_len - 1)
+        for kind, rows, width in (("decode", 1, 1), ("decode", 1, 1), ("decode", n, 1),
+                                  ("decode", n, 1), ("prefill", 1, chunk)):
+            start = time.perf_counter()
+            self.runner.forward_slots(self.slots, 0, rows, np.zeros((rows, width), np.int64),
+                                      np.full(rows, width, np.int64), np.full((rows, 1), width - 1))
+            self.slots.lens[:] = 0  # nothing of it is kept
+            self.speed.observe(kind, rows * width, time.perf_counter() - start)
 
     def shutdown(self) -> None:
         self._stop.set()
