@@ -8,7 +8,7 @@ A generation's path, top to bottom: the route -> ResponseCacheClient (near cache
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,7 +91,8 @@ class Ingress:
 
     # -- generation, cached or not -----------------------------------------------------------
     async def _generation(self, request: Request, endpoint: Endpoint, req: SamplingFields,
-                          prompt: str, max_tokens: int, param: str):
+                          prompt: Callable[[], str], max_tokens: int, param: str):
+        """prompt: renders the prompt (a chat template) once the request is not refused."""
         arrived = time.perf_counter()
         tenant = tenant_for(request.headers.get("authorization"), self.keys)
         if req.model != LLM_ID:
@@ -104,7 +105,7 @@ class Ingress:
             self.metrics.refused("quota" if exc.status == 429 else "expected_wait_early",
                                  time.perf_counter() - arrived)
             raise
-        prompt_ids = self._tokenize(prompt, param)
+        prompt_ids = self._tokenize(prompt(), param)
         self.quotas.spend_tokens(tenant, len(prompt_ids) + max_tokens)
         meta = {"tenant": tenant, "request_id": request_id(request),
                 "timeout_s": None if timeout_s is None else timeout_s - (time.perf_counter() - arrived)}
@@ -218,12 +219,12 @@ class Ingress:
     @app.post("/v1/chat/completions")
     async def chat_completions(self, req: ChatCompletionRequest, request: Request):
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        return await self._generation(request, "chat", req, self.chat.chat_prompt(messages),
+        return await self._generation(request, "chat", req, lambda: self.chat.chat_prompt(messages),
                                       req.token_budget(), "messages")
 
     @app.post("/v1/completions")
     async def completions(self, req: CompletionRequest, request: Request):
-        return await self._generation(request, "completions", req, req.prompt_text(),
+        return await self._generation(request, "completions", req, req.prompt_text,
                                       req.max_tokens, "prompt")
 
     @app.delete("/v1/cache")
