@@ -106,6 +106,7 @@ class Ingress:
                                  time.perf_counter() - arrived)
             raise
         prompt_ids = self._tokenize(prompt(), param)
+        self.load.sent(tenant, max_tokens)
         self.quotas.spend_tokens(tenant, len(prompt_ids) + max_tokens)
         meta = {"tenant": tenant, "request_id": request_id(request),
                 "timeout_s": None if timeout_s is None else timeout_s - (time.perf_counter() - arrived)}

@@ -167,3 +167,31 @@ def test_quota_buckets_refuse_with_retry_after_and_take_back_unused_tokens():
     assert debt.value.kind == "tokens"
     quotas.give_back("big", 120)  # it generated less than it reserved
     quotas.admit("big")
+
+
+def test_ingress_view_refuses_early_counting_what_it_sent_since_the_snapshot():
+    import asyncio
+
+    from serve_app.errors import APIError
+    from serve_app.overload import LoadView
+
+    class LLMLoad:  # stands in for the LLM handle's `load.remote()`: a fixed engine snapshot
+        def __init__(self) -> None:
+            self.load = self
+
+        async def remote(self) -> dict:
+            return {"expected_wait_s": {"a": 2.0, "*": 0.5}, "slots": 2, "full_step_s": 0.1}
+
+    async def scenario() -> None:
+        view = LoadView(LLMLoad(), max_queue_wait_s=5.0)
+        view.check("a")  # no view yet: the engine decides
+        await asyncio.sleep(0.05)  # the first poll lands
+        view.check("a")  # 2 s expected: fine
+        view.sent("a", 100)  # 100 tokens over 2 slots at 0.1 s a step: +5 s
+        with pytest.raises(APIError) as refused:
+            view.check("a")
+        assert refused.value.status == 503 and int(refused.value.headers["Retry-After"]) >= 2
+        view.check("b")  # another tenant: its own (DRR) estimate
+        view._task.cancel()
+
+    asyncio.run(scenario())

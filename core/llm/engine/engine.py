@@ -183,7 +183,9 @@ class LLMEngine:
             return {"running": len(self.scheduler.active), "waiting": len(waiting),
                     "max_queue_wait_s": self.config.max_queue_wait_s,
                     "expected_wait_s": {t: self._expected_wait(t, 0) for t in names | {"*"}},
-                    "prefill_tok_s": self.speed.prefill_tok_s, "decode_step_s": self.speed.decode_step_s}
+                    "prefill_tok_s": self.speed.prefill_tok_s, "decode_step_s": self.speed.decode_step_s,
+                    "slots": self.config.max_running,
+                    "full_step_s": self.speed.step_s(self.config.max_running)}
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a sequence (client gone): it leaves at the next step and frees its slot."""
