@@ -31,6 +31,7 @@ from .sequence import Output, Sequence, Status
 from .speculation import DraftService, Speculation
 
 logger = logging.getLogger(__name__)
+CALIBRATION_MARGIN = 1.5
 
 
 class EngineConfig(BaseModel):
@@ -231,7 +232,6 @@ class LLMEngine:
                 and len(work.seqs) <= self.config.spec_max_batch):
             return self._speculative_step(work, start)
         logits = self._run(work)
-        self.speed.observe(work.kind, sum(work.chunks), time.perf_counter() - start)
         ttfts, itls, estimates = [], [], []
         with self._lock:
             for row, (seq, chunk) in enumerate(zip(work.seqs, work.chunks, strict=True)):
@@ -255,6 +255,8 @@ class LLMEngine:
             self.on_step(StepStats(work.kind, len(work.seqs), sum(work.chunks),
                                    time.perf_counter() - start, running, waiting, ttfts, itls,
                                    kv_bytes, queue_waits, estimates))
+        # the whole step (sampling, detokenizing, callbacks, metrics): its period, not the forward
+        self.speed.observe(work.kind, sum(work.chunks), time.perf_counter() - start)
         return True
 
     def _speculative_step(self, work: Work, start: float) -> bool:
@@ -371,7 +373,10 @@ class LLMEngine:
 
     def _calibrate(self) -> None:
         """Time a decode step at batch 1 and at full batch, and one full prefill chunk, so the
-        first burst is admitted on this machine's speed rather than on priors (~0.1-1 s)."""
+        first burst is admitted on this machine's speed rather than on priors (~0.1-1 s). A bare
+        forward lacks a served step's sampling, callbacks and streaming: CALIBRATION_MARGIN (a
+        small overload run on a busy CPU waited ~1.4x what bare forwards predicted), until real
+        steps replace it."""
         n = self.config.max_running
         chunk = min(self.config.max_prefill_tokens, self.max_seq_len - 1)
         for kind, rows, width in (("decode", 1, 1), ("decode", 1, 1), ("decode", n, 1),
@@ -380,7 +385,7 @@ class LLMEngine:
             self.runner.forward_slots(self.slots, 0, rows, np.zeros((rows, width), np.int64),
                                       np.full(rows, width, np.int64), np.full((rows, 1), width - 1))
             self.slots.lens[:] = 0  # nothing of it is kept
-            self.speed.observe(kind, rows * width, time.perf_counter() - start)
+            self.speed.observe(kind, rows * width, (time.perf_counter() - start) * CALIBRATION_MARGIN)
 
     def shutdown(self) -> None:
         self._stop.set()
