@@ -9,7 +9,7 @@
   quota:    a key capped at Q requests/min sends Q+5 at once while the other key keeps asking.
 
     python -m bench.overload                # writes bench/results/overload.{json,md,png}
-    python -m bench.overload --small        # a quick check: 40 at 20, 10 in flight, 20 s
+    python -m bench.overload --small        # a quick check: 40 at 20, 24 in flight, 20 s
 
 The app is configs/local.yaml's graph (engine defaults: 16 slots, max_queue_wait_s 10) with two
 API keys and a capped third one; the response cache is off (every request would be no-store).
@@ -241,11 +241,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60, help="fairness scenario length")
     ap.add_argument("--max-queue-wait-s", type=float, default=10.0)
     ap.add_argument("--variant", default=SERVED_VARIANT)
-    ap.add_argument("--small", action="store_true", help="40 at 20, 10 in flight, 3 questions, 20 s")
+    ap.add_argument("--small", action="store_true", help="40 at 20, 24 in flight, 3 questions, 20 s")
     ap.add_argument("--out", default="overload")
     args = ap.parse_args()
     if args.small:
-        args.requests, args.concurrency, args.in_flight, args.questions, args.seconds = 40, 20, 10, 3, 20
+        args.requests, args.concurrency, args.in_flight, args.questions, args.seconds = 40, 20, 24, 3, 20
         args.max_tokens = min(args.max_tokens, 64)
         args.out = args.out if args.out != "overload" else "overload_small"
     asyncio.run(main_async(args))
