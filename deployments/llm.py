@@ -18,7 +18,7 @@ from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from core.build.artifacts import SERVED_VARIANT
-from core.llm.engine import EngineConfig, LLMEngine, Sequence
+from core.llm.engine import DeadlineExceeded, EngineConfig, LLMEngine, Overloaded, Sequence
 from core.llm.engine.engine import StepStats
 from core.llm.prefix_cache import PrefixCacheStats
 from core.llm.sampling import SamplingParams
@@ -46,6 +46,17 @@ class EngineMetrics:
         self.running = metrics.Gauge("llm_running_sequences", description="sequences holding a KV slot")
         self.waiting = metrics.Gauge("llm_waiting_sequences", description="sequences queued for a slot")
         self.kv_bytes = metrics.Gauge("llm_kv_cache_bytes", description="KV bytes: slots + prefix cache")
+        self.refusals = metrics.Counter("llm_refusals", description="requests the engine refused",
+                                        tag_keys=("reason",))
+        self.queue_wait = metrics.Histogram("llm_queue_wait_s", description="arrival -> KV slot",
+                                            boundaries=LATENCY_BOUNDARIES_S)
+        self.expected_wait = metrics.Histogram("llm_expected_wait_s", boundaries=LATENCY_BOUNDARIES_S,
+                                               description="time to first token the engine expected "
+                                                           "when it accepted a request")
+        self.wait_ratio = metrics.Histogram("llm_actual_to_expected_wait_ratio",
+                                            boundaries=[0.1, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 4, 10],
+                                            description="actual / expected time to first token "
+                                                        "(> 1: the estimate was short)")
         self.prefix_queried = metrics.Counter("llm_prefix_cache_queried_tokens",
                                               description="prompt tokens looked up in the prefix cache")
         self.prefix_hits = metrics.Counter("llm_prefix_cache_hit_tokens",
@@ -93,6 +104,12 @@ class EngineMetrics:
         self.running.set(step.running)
         self.waiting.set(step.waiting)
         self.kv_bytes.set(step.kv_bytes)
+        for seconds in step.queue_waits:
+            self.queue_wait.observe(seconds)
+        for expected, actual in step.estimates:
+            self.expected_wait.observe(expected)
+            if expected > 0:
+                self.wait_ratio.observe(actual / expected)
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
@@ -135,22 +152,28 @@ class LLMDeployment:
             self.metrics.record_spec(engine.speculative)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _admit(self, requests: list[tuple[list[int], dict]]) -> list[tuple]:
+    async def _admit(self, requests: list[tuple[list[int], dict, dict]]) -> list[tuple]:
         """Hand a group of requests to the engine at once; each gets its sequence and queue."""
         loop = asyncio.get_running_loop()
         admitted = []
-        for prompt_ids, params in requests:
+        for prompt_ids, params, meta in requests:
             queue: asyncio.Queue = asyncio.Queue()
             try:
                 seq = self.engine.add(prompt_ids, SamplingParams(**params),
-                                      lambda out, q=queue: loop.call_soon_threadsafe(q.put_nowait, out))
+                                      lambda out, q=queue: loop.call_soon_threadsafe(q.put_nowait, out),
+                                      tenant=meta.get("tenant", "default"),
+                                      timeout_s=meta.get("timeout_s"))
             except Exception as exc:  # noqa: BLE001 - handed to that request's caller below
+                if isinstance(exc, Overloaded):
+                    self.metrics.refusals.inc(tags={"reason": exc.reason})
                 seq = exc
             admitted.append((seq, queue))
         return admitted
 
-    async def stream(self, prompt_ids: list[int], params: dict) -> AsyncIterator[dict]:
-        seq, queue = await self._admit((prompt_ids, params))
+    async def stream(self, prompt_ids: list[int], params: dict,
+                     meta: dict | None = None) -> AsyncIterator[dict]:
+        """meta: tenant (fair shares), timeout_s (deadline), request_id (logs)."""
+        seq, queue = await self._admit((prompt_ids, params, meta or {}))
         if isinstance(seq, Exception):
             raise seq
         assert isinstance(seq, Sequence)
@@ -160,7 +183,7 @@ class LLMDeployment:
                 out = await queue.get()
                 # At most one message per stream interval after the first token: each message
                 # costs ~2 ms of CPU across ingress and proxy, taken from the model's cores.
-                if sent_at is not None and not out.finish_reason:
+                if self.stream_interval_s and sent_at is not None and not out.finish_reason:
                     await asyncio.sleep(sent_at + self.stream_interval_s - loop.time())
                 # Coalesce what queued up meanwhile: under load one message carries several
                 # tokens, so the Serve streaming path does not cost a hop per token.
@@ -170,6 +193,8 @@ class LLMDeployment:
                                               logprobs=out.logprobs + more.logprobs)
                 if out.finish_reason == "error":
                     raise RuntimeError(f"generation failed: {out.text}")
+                if out.finish_reason == "timeout":
+                    raise DeadlineExceeded(f"request {(meta or {}).get('request_id')} timed out")
                 yield dataclasses.asdict(out)
                 if out.finish_reason:
                     return
@@ -178,23 +203,29 @@ class LLMDeployment:
             if not seq.finished:  # the caller went away: stop decoding, free the slot
                 self.engine.cancel(seq)
 
-    async def generate(self, prompt_ids: list[int], params: dict) -> dict:
+    async def generate(self, prompt_ids: list[int], params: dict, meta: dict | None = None) -> dict:
         text, logprobs, last = [], [], {}
-        async for last in self.stream(prompt_ids, params):
+        async for last in self.stream(prompt_ids, params, meta):
             text.append(last["text"])
             logprobs += last["logprobs"]
         return {**last, "text": "".join(text), "logprobs": logprobs}
 
-    async def stream_choices(self, prompt_ids: list[int], params: list[dict]) -> AsyncIterator[dict]:
+    async def stream_choices(self, prompt_ids: list[int], params: list[dict],
+                             meta: dict | None = None) -> AsyncIterator[dict]:
         """Several choices of one prompt (OpenAI's n), each output tagged with its `index`. The
         first choice prefills the prompt alone; the others start once its first token shows the
-        prompt is in the prefix cache, and reuse it instead of prefilling it again."""
+        prompt is in the prefix cache, and reuse it instead of prefilling it again. meta: as
+        for `stream`; the choices after the first are not refused for the wait (the request was
+        admitted)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        meta = meta or {}
 
         def add(i: int) -> Sequence:
             return self.engine.add(prompt_ids, SamplingParams(**params[i]),
-                                   lambda out: loop.call_soon_threadsafe(queue.put_nowait, (i, out)))
+                                   lambda out: loop.call_soon_threadsafe(queue.put_nowait, (i, out)),
+                                   tenant=meta.get("tenant", "default"), timeout_s=meta.get("timeout_s"),
+                                   check_wait=i == 0)
 
         seqs = [add(0)]
         try:
@@ -213,13 +244,18 @@ class LLMDeployment:
                 if not seq.finished:  # the caller went away: stop decoding, free the slot
                     self.engine.cancel(seq)
 
-    async def generate_choices(self, prompt_ids: list[int], params: list[dict]) -> list[dict]:
+    async def generate_choices(self, prompt_ids: list[int], params: list[dict],
+                               meta: dict | None = None) -> list[dict]:
         outs = [{"text": "", "logprobs": []} for _ in params]
-        async for out in self.stream_choices(prompt_ids, params):
+        async for out in self.stream_choices(prompt_ids, params, meta):
             i = out["index"]
             outs[i] = {**out, "text": outs[i]["text"] + out["text"],
                        "logprobs": outs[i]["logprobs"] + out["logprobs"]}
         return outs
+
+    def load(self) -> dict:
+        """The engine's queue and expected waits: the ingress polls it to refuse early."""
+        return self.engine.load()
 
     def stats(self) -> dict:
         """Engine occupancy, for operators and tests: running/waiting sequences, KV bytes."""

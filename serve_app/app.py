@@ -17,6 +17,7 @@ from deployments.embedder import EmbedderDeployment
 from deployments.llm import LLMDeployment
 
 from .ingress import Ingress
+from .quotas import QuotaArgs
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -42,6 +43,10 @@ class AppArgs(BaseModel):
     cache: CacheArgs = Field(default_factory=CacheArgs)
     api_keys: dict[str, str] | None = Field(None, description="API key -> tenant; also env "
                                                               "EFFSERVE_API_KEYS; none = auth off")
+    quotas: dict[str, QuotaArgs] = Field(default_factory=dict, description="per tenant (API key's "
+                                         "tenant; '*' = any other): requests/tokens per minute")
+    early_refusal: bool = Field(True, description="the ingress refuses from its view of the engine's "
+                                                  "expected wait, before tokenizing or a hop")
     prefix_routing: bool = Field(True, description="route requests to the replica holding their "
                                                    "prefix's KV (matters with >1 LLM replica)")
 
@@ -73,4 +78,6 @@ def build_graph(args: dict, llm_options: dict | None = None,
         threads=cfg.embedder_threads, device=cfg.device)
     cache = CacheDeployment.bind(embedder, cfg.cache.model_dump()) if cfg.cache.enabled else None
     return Ingress.bind(llm, embedder, cache, cfg.llm_variant, cfg.api_keys,
-                        cfg.cache.near_cache_entries)
+                        cfg.cache.near_cache_entries,
+                        cfg.engine.max_queue_wait_s if cfg.early_refusal else None,
+                        {t: q.model_dump() for t, q in cfg.quotas.items()})

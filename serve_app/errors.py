@@ -1,8 +1,11 @@
-"""OpenAI-style error bodies: every 4xx names what was wrong, and where."""
+"""OpenAI-style error bodies: every 4xx names what was wrong, and where; every 5xx a stable
+`code` and a plain message. Internals (Ray actor ids, pids, class names) go only to the server
+log, under the request id that the client sees in `x-request-id`."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,7 +15,7 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.llm.chat_tokenizer import PromptTooLong
-from core.llm.engine import Overloaded
+from core.llm.engine import DeadlineExceeded, Overloaded
 
 from .schemas import ErrorDetail, ErrorResponse
 
@@ -45,6 +48,12 @@ def _field(loc: tuple) -> str | None:
 MAX_BODY_BYTES = 2 << 20  # requests larger than this are refused before parsing (413)
 
 
+def request_id(request: Request) -> str:
+    """This request's id. Serve's proxy sets `x-request-id` on every request (the client's own,
+    or a new one), answers with it and tags its logs with it; outside Serve, a new one."""
+    return request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex[:20]}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.middleware("http")
     async def _limit_body(request: Request, call_next):
@@ -63,10 +72,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return await call_next(request)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        # Still a 5xx, but a well-formed one: the caller gets a message, the log a traceback.
-        logger.exception("unhandled error in a request")
-        return error_response(500, f"internal error: {type(exc).__name__}", None, "internal_error",
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Still a 5xx, but a well-formed one: the caller gets a code, the log a traceback.
+        rid = request_id(request)
+        logger.error("request %s failed", rid, exc_info=exc)
+        return error_response(500, f"internal error (request id {rid})", None, "internal_error",
                               "server_error")
 
     @app.exception_handler(RequestValidationError)
@@ -93,9 +103,17 @@ def install_error_handlers(app: FastAPI) -> None:
 def serving_error(exc: Exception, param: str) -> Exception:
     """Refusals and failures of the model deployments as HTTP errors; anything else stays a
     server error."""
-    if isinstance(exc, Overloaded | BackPressureError):
-        return APIError(503, f"the model is at capacity ({exc}); retry shortly", None,
+    if isinstance(exc, Overloaded):
+        retry = str(int(exc.retry_after_s))
+        return APIError(503, f"the model is at capacity: {_overload_reason(exc)}; retry after "
+                             f"{retry} s", None, "overloaded", "server_error",
+                        headers={"Retry-After": retry})
+    if isinstance(exc, BackPressureError):
+        return APIError(503, "the model is at capacity; retry shortly", None,
                         "overloaded", "server_error", headers={"Retry-After": "1"})
+    if isinstance(exc, DeadlineExceeded):
+        return APIError(504, "the request's deadline (x-request-timeout) passed before it "
+                             "finished", None, "deadline_exceeded", "server_error")
     if isinstance(exc, RayActorError | ActorUnavailableError):
         return APIError(503, "the model replica failed while serving this request; Serve is "
                              "restoring it: retry shortly", None, "replica_failed",
@@ -103,6 +121,24 @@ def serving_error(exc: Exception, param: str) -> Exception:
     if isinstance(exc, PromptTooLong):
         return APIError(400, str(exc), param, "context_length_exceeded")
     return exc
+
+
+def _overload_reason(exc: Overloaded) -> str:
+    # The engine's own message holds only numbers it computed: safe, and useful to a client.
+    return str(exc) if exc.reason in ("expected_wait", "queue_full", "tenant_queue_full") else exc.reason
+
+
+def stream_error(exc: Exception, rid: str) -> dict:
+    """The SSE error event for a stream that failed after its headers were sent: a stable code
+    and a plain message; the details go to the log under the request id."""
+    mapped = serving_error(exc, "messages")
+    if isinstance(mapped, APIError):
+        code, message, kind = mapped.code, mapped.message, mapped.kind
+    else:
+        code, message, kind = "internal_error", "generation failed on the server", "server_error"
+    logger.warning("request %s: stream ended with %s", rid, code, exc_info=exc)
+    return {"error": {"message": f"{message} (request id {rid})", "type": kind, "param": None,
+                      "code": code}}
 
 
 def model_not_found(requested: str, served: str) -> APIError:

@@ -7,7 +7,10 @@ A generation's path, top to bottom: the route -> ResponseCacheClient (near cache
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -21,10 +24,19 @@ from core.llm.chat_tokenizer import ChatTokenizer, PromptTooLong
 
 from .auth import load_keys, tenant_for
 from .choices import ChoiceBuilder
-from .errors import APIError, install_error_handlers, model_not_found, serving_error
+from .errors import (
+    APIError,
+    install_error_handlers,
+    model_not_found,
+    request_id,
+    serving_error,
+    stream_error,
+)
 from .logprobs import TokenTexts
 from .merged_streams import merged
 from .openai_format import Endpoint, Reply, sse, usage
+from .overload import IngressMetrics, LoadView
+from .quotas import QuotaArgs, Quotas
 from .response_cache import CachePlan, Lookup, ResponseCacheClient
 from .schemas import (
     ChatCompletionRequest,
@@ -36,8 +48,34 @@ from .schemas import (
 )
 from .structured import Structure, chat_messages, structure_for
 
+logger = logging.getLogger("ray.serve")
 app = FastAPI(title="effserve", description="Efficient LLM and embedding inference on Ray Serve")
 install_error_handlers(app)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """What a generation's error and quota paths need to know about it."""
+
+    tenant: str
+    max_tokens: int  # reserved against the tenant's token quota: every choice's budget
+    arrived: float
+    meta: dict  # to the LLM deployment: tenant, request_id, timeout_s
+
+
+def _timeout(request: Request) -> float | None:
+    """`x-request-timeout: <seconds>`: the request ends (504 / an SSE error) when it passes."""
+    raw = request.headers.get("x-request-timeout")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600 or seconds != seconds:
+        raise APIError(400, "x-request-timeout must be a number of seconds in (0, 3600]",
+                       "x-request-timeout", "invalid_value")
+    return seconds
 
 
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
@@ -45,44 +83,68 @@ install_error_handlers(app)
 class Ingress:
     def __init__(self, llm: DeploymentHandle, embedder: DeploymentHandle,
                  cache: DeploymentHandle | None, llm_variant: str,
-                 api_keys: dict[str, str] | None = None, near_cache_entries: int = 0) -> None:
+                 api_keys: dict[str, str] | None = None, near_cache_entries: int = 0,
+                 max_queue_wait_s: float | None = None,
+                 quotas: dict[str, dict] | None = None) -> None:
         self.llm, self.embedder, self.llm_variant = llm, embedder, llm_variant
         self.cache = ResponseCacheClient(cache, near_cache_entries) if cache is not None else None
         self.keys = load_keys(api_keys)
         self.chat = ChatTokenizer(build_llm(progress=lambda _: None))
+        self.load = LoadView(llm, max_queue_wait_s)
+        self.quotas = Quotas({t: QuotaArgs(**q) for t, q in (quotas or {}).items()})
+        self.metrics = IngressMetrics()
         self.token_texts = TokenTexts(self.chat.tokenizer)
 
     # -- generation, cached or not -----------------------------------------------------------
     async def _generation(self, request: Request, endpoint: Endpoint, req: SamplingFields,
-                          prompts: list[str], max_tokens: int, param: str,
+                          prompts: Callable[[], list[str]], max_tokens: int, param: str,
                           structure: Structure | None = None):
+        """prompts: renders the prompts (a chat template) once the request is not refused."""
+        arrived = time.perf_counter()
         structure = structure or Structure()
         tenant = tenant_for(request.headers.get("authorization"), self.keys)
         if req.model != LLM_ID:
             raise model_not_found(req.model, LLM_ID)
-        prompt_ids = [self._tokenize(p, param) for p in prompts]
+        timeout_s = _timeout(request)
+        try:  # refusals first: before tokenization, templates, cache work or a hop
+            self.quotas.admit(tenant)
+            self.load.check(tenant)
+        except APIError as exc:
+            self.metrics.refused("quota" if exc.status == 429 else "expected_wait_early",
+                                 time.perf_counter() - arrived)
+            raise
+        prompt_ids = [self._tokenize(p, param) for p in prompts()]
+        budget = max_tokens * req.n * len(prompt_ids)  # every choice may use all of max_tokens
+        prompt_tokens = sum(len(ids) for ids in prompt_ids)
+        self.load.sent(tenant, budget)
+        self.quotas.spend_tokens(tenant, prompt_tokens + budget)
+        meta = {"tenant": tenant, "request_id": request_id(request),
+                "timeout_s": None if timeout_s is None else timeout_s - (time.perf_counter() - arrived)}
+        ctx = _Ctx(tenant, budget, arrived, meta)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         reply = Reply(endpoint)
         plan = self.cache.plan(request.headers, endpoint, req, tenant) if self.cache else CachePlan()
         found = await self.cache.lookup(plan.keys) if plan.look_up else Lookup()
         if found.body is not None:
+            self.quotas.give_back(tenant, budget)  # a cached answer costs no generation
             return self._replay(reply, found, req.stream, include_usage)
         runs = self._runs(endpoint, req, prompt_ids, max_tokens, structure)
         builders = [ChoiceBuilder(i, endpoint, self.token_texts, runs[0][1][0]["logprobs"] is not None,
                                   bool(structure.tools)) for i in range(len(runs) * req.n)]
-        prompt_tokens = sum(len(ids) for ids in prompt_ids)
         if req.stream:
             return await self._stream(reply, runs, builders, prompt_tokens, include_usage, param,
-                                      plan, found)
+                                      plan, found, ctx)
         try:  # a prompt's n choices go to one replica together: they share its prefill there
             per_prompt = await asyncio.gather(*[
-                self.llm.generate_choices.remote(ids, ps) if len(ps) > 1
-                else self.llm.generate.remote(ids, ps[0]) for ids, ps in runs])
+                self.llm.generate_choices.remote(ids, ps, meta) if len(ps) > 1
+                else self.llm.generate.remote(ids, ps[0], meta) for ids, ps in runs])
         except Exception as exc:
-            raise serving_error(exc, param) from exc
+            raise self._failed(exc, param, ctx) from exc
         outs = [out for got in per_prompt for out in (got if isinstance(got, list) else [got])]
+        generated = sum(o["n_tokens"] for o in outs)
+        self.quotas.give_back(tenant, budget - generated)
         body = reply.body([b.whole(out) for b, out in zip(builders, outs, strict=True)],
-                          usage(prompt_tokens, sum(o["n_tokens"] for o in outs),
+                          usage(prompt_tokens, generated,
                                 min(sum(o["cached_tokens"] for o in outs), prompt_tokens)))
         if plan.keys is not None:
             self.cache.store_later(plan.keys, found.embedding, body)
@@ -107,6 +169,16 @@ class Ingress:
         return [(ids, [{**params, "seed": None if req.seed is None else req.seed + j}
                        for j in range(req.n)]) for ids in prompt_ids]
 
+    def _failed(self, exc: Exception, param: str, ctx: _Ctx) -> Exception:
+        """The HTTP error for a failed generation; refusals are counted by reason."""
+        self.quotas.give_back(ctx.tenant, ctx.max_tokens)
+        mapped = serving_error(exc, param)
+        if isinstance(mapped, APIError) and mapped.status in (503, 504):
+            self.metrics.refused(getattr(exc, "reason", mapped.code), time.perf_counter() - ctx.arrived)
+        if isinstance(mapped, APIError) and mapped.status >= 500:
+            logger.warning("request %s: %s", ctx.meta["request_id"], mapped.code, exc_info=exc)
+        return mapped
+
     def _tokenize(self, prompt: str, param: str) -> list[int]:
         ids = self.chat.encode(prompt)
         try:
@@ -126,17 +198,17 @@ class Ingress:
 
     async def _stream(self, reply: Reply, runs: list[tuple[list[int], list[dict]]],
                       builders: list[ChoiceBuilder], prompt_tokens: int, include_usage: bool,
-                      param: str, plan: CachePlan, found: Lookup) -> StreamingResponse:
+                      param: str, plan: CachePlan, found: Lookup, ctx: _Ctx) -> StreamingResponse:
         llm = self.llm.options(stream=True)
-        streams = [llm.stream_choices.remote(ids, ps) if len(ps) > 1 else llm.stream.remote(ids, ps[0])
-                   for ids, ps in runs]
+        streams = [llm.stream_choices.remote(ids, ps, ctx.meta) if len(ps) > 1
+                   else llm.stream.remote(ids, ps[0], ctx.meta) for ids, ps in runs]
         n = len(builders) // len(runs)
         try:  # the first deltas decide between an HTTP error and a 200 event stream
             firsts = await asyncio.gather(*[s.__anext__() for s in streams])
         except Exception as exc:
             for s in streams:
                 s.cancel()
-            raise serving_error(exc, param) from exc
+            raise self._failed(exc, param, ctx) from exc
 
         async def events() -> AsyncIterator[str]:
             lasts = [{"n_tokens": 0, "cached_tokens": 0, "finish_reason": None}] * len(builders)
@@ -149,13 +221,14 @@ class Ingress:
                     for choice in builders[i].deltas(delta):
                         yield reply.chunk(choice)
             except Exception as exc:  # noqa: BLE001 - headers are sent: report it in the stream
-                yield sse({"error": {"message": f"generation failed: {exc}", "type": "server_error",
-                                     "param": None, "code": "internal_error"}})
+                yield sse(stream_error(exc, ctx.meta["request_id"]))
                 lasts = [{**last, "finish_reason": "error"} for last in lasts]
             finally:
                 for s in streams:
                     s.cancel()  # a disconnected client stops its sequences in the engine
-            used = usage(prompt_tokens, sum(last["n_tokens"] for last in lasts),
+            generated = sum(last["n_tokens"] for last in lasts)
+            self.quotas.give_back(ctx.tenant, ctx.max_tokens - generated)
+            used = usage(prompt_tokens, generated,
                          min(sum(last["cached_tokens"] for last in lasts), prompt_tokens))
             for event in reply.closing(used if include_usage else None):
                 yield event
@@ -165,6 +238,13 @@ class Ingress:
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "x-cache": "miss"})
+
+    @app.get("/v1/load")
+    async def load_now(self, request: Request) -> dict:
+        """The engine's queue and expected waits as the ingress last saw them (operators)."""
+        tenant_for(request.headers.get("authorization"), self.keys)
+        return {"snapshot": self.load.snapshot,
+                "age_s": None if self.load.snapshot is None else time.monotonic() - self.load.at}
 
     # -- routes ------------------------------------------------------------------------------
     @app.get("/healthz")
@@ -180,13 +260,13 @@ class Ingress:
     @app.post("/v1/chat/completions")
     async def chat_completions(self, req: ChatCompletionRequest, request: Request):
         structure = structure_for(req)
-        prompt = self.chat.chat_prompt(chat_messages(req, structure))
-        return await self._generation(request, "chat", req, [prompt], req.token_budget(), "messages",
-                                      structure)
+        return await self._generation(
+            request, "chat", req, lambda: [self.chat.chat_prompt(chat_messages(req, structure))],
+            req.token_budget(), "messages", structure)
 
     @app.post("/v1/completions")
     async def completions(self, req: CompletionRequest, request: Request):
-        return await self._generation(request, "completions", req, req.prompts(),
+        return await self._generation(request, "completions", req, req.prompts,
                                       req.max_tokens, "prompt")
 
     @app.delete("/v1/cache")

@@ -151,7 +151,10 @@ def test_killed_replica_fails_in_flight_cleanly_then_recovers(tight_url):
                 events = [e for e in r.iter_lines() if e.startswith("data: ")]
         except httpx.HTTPError as exc:
             return f"transport-{type(exc).__name__}"
-        errors = [e for e in events if '"error"' in e]
+        errors = [json.loads(e[6:])["error"] for e in events if '"error"' in e]
+        for err in errors:  # a stable code, a plain message: no Ray internals
+            assert err["code"] in ("replica_failed", "internal_error"), err
+            assert not any(w in err["message"] for w in ("Actor", "actor_id", "pid=", "ray::")), err
         return "error-event" if errors else ("done" if events[-1] == "data: [DONE]" else "truncated")
 
     with cf.ThreadPoolExecutor(2) as pool:

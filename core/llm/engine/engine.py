@@ -13,9 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,16 +27,14 @@ from ..model_runner import ModelRunner
 from ..prefix_cache import PrefixCache, PrefixCacheStats
 from ..sampling import SamplingParams
 from ..speculative import SpecStats
+from .admission import Overloaded, Pending, Throughput, expected_wait, retry_after_s
 from .rows import pick_token
 from .scheduler import Scheduler, Work
 from .sequence import Output, Sequence, Status
 from .speculation import DraftService, Speculation
 
 logger = logging.getLogger(__name__)
-
-
-class Overloaded(RuntimeError):
-    """The waiting queue is full: the caller should retry later (HTTP 503)."""
+CALIBRATION_MARGIN = 1.5
 
 
 class EngineConfig(BaseModel):
@@ -59,6 +57,15 @@ class EngineConfig(BaseModel):
                                "deployment (other hardware: e.g. a CPU draft for a GPU target)")
     spec_k_max: int = Field(8, ge=1, le=16)
     spec_max_batch: int = Field(1, ge=1, description="speculate while at most this many decode")
+    max_queue_wait_s: float | None = Field(
+        10.0, gt=0, description="refuse (Overloaded) a request whose expected wait for its first "
+                                "token is longer; None = refuse only on a full queue")
+    tenant_weights: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="slot shares between tenants (API keys) when several "
+                                          "wait; '*' = any other tenant; default 1 each")
+    tenant_queue_share: float = Field(
+        0.5, gt=0, le=1, description="while other tenants use the engine, one tenant may hold at "
+                                     "most this fraction of max_waiting")
 
     @model_validator(mode="before")
     @classmethod
@@ -86,6 +93,8 @@ class StepStats:
     ttfts: list[float]  # seconds, for sequences that got their first token this step
     itls: list[float]  # seconds between tokens, for sequences that got a later token
     kv_bytes: int  # KV held: running sequences plus the prefix cache
+    queue_waits: list[float] = field(default_factory=list)  # arrival -> slot, admitted this step
+    estimates: list[tuple[float, float]] = field(default_factory=list)  # (expected, actual) TTFT
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,9 @@ class LLMEngine:
         self.runner, self.chat, self.config = runner, chat, config
         self.max_seq_len = min(config.max_seq_len, chat.context_length)
         self.slots = runner.make_slots(config.max_running, self.max_seq_len)
-        self.scheduler = Scheduler(config.max_running, config.max_prefill_tokens)
+        self.scheduler = Scheduler(config.max_running, config.max_prefill_tokens,
+                                   config.tenant_weights)
+        self.speed = Throughput()
         self.prefix_cache = (PrefixCache(config.prefix_cache_bytes, config.prefix_block_size)
                              if config.prefix_cache_bytes else None)
         self.spec = Speculation(config, runner, draft, self.slots) if config.speculative else None
@@ -125,22 +136,67 @@ class LLMEngine:
 
     # -- requests (any thread) ---------------------------------------------------------------
     def add(self, prompt_ids: list[int], params: SamplingParams,
-            on_output: Callable[[Output], None]) -> Sequence:
+            on_output: Callable[[Output], None], tenant: str = "default",
+            timeout_s: float | None = None, check_wait: bool = True) -> Sequence:
+        """Queue a request, or raise Overloaded at once. `timeout_s`: the request ends (finish
+        reason "timeout") if it has not finished by then, waiting or running. check_wait=False:
+        no refusal by expected wait (offline batches, which wait by design)."""
         if not prompt_ids:
             raise PromptTooLong("the prompt is empty")
         if len(prompt_ids) >= self.max_seq_len:
             raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens; this deployment's "
                                 f"limit is {self.max_seq_len - 1}")
         params = replace(params, max_tokens=min(params.max_tokens, self.max_seq_len - len(prompt_ids)))
-        seq = Sequence(prompt_ids, params, StreamDecoder(self.chat.tokenizer, params.stop), on_output)
+        seq = Sequence(prompt_ids, params, StreamDecoder(self.chat.tokenizer, params.stop), on_output,
+                       tenant=tenant)
         if params.grammar is not None:
             seq.constraint = self.grammar_tokenizer.matcher(params.grammar)
+        if timeout_s is not None:
+            seq.deadline = seq.arrival + timeout_s
         with self._lock:
-            if len(self.scheduler.waiting) >= self.config.max_waiting:
-                raise Overloaded(f"{len(self.scheduler.waiting)} requests already waiting")
+            self._check_admission(seq, check_wait)
             self.scheduler.waiting.append(seq)
         self._wake.set()
         return seq
+
+    def _check_admission(self, seq: Sequence, check_wait: bool) -> None:
+        """Raise Overloaded if the queue is full (for this tenant) or the wait too long."""
+        waiting, tenant = self.scheduler.waiting, seq.tenant
+        limit = self.config.max_waiting
+        mine = waiting.count(tenant)
+        others = len(waiting) > mine or any(s.tenant != tenant for s in self.scheduler.active)
+        if others and mine >= max(1, int(limit * self.config.tenant_queue_share)):
+            raise Overloaded(f"this key already has {mine} requests waiting", 1, "tenant_queue_full")
+        n_tenants = len(set(waiting.queues) | {tenant})
+        # A full queue still takes a tenant holding less than an even split of it: the flood that
+        # filled it while alone cannot lock the others out (over by at most that split).
+        if len(waiting) >= limit and (limit == 0 or mine >= max(1, limit // n_tenants)):
+            raise Overloaded(f"{len(waiting)} requests already waiting", 1, "queue_full")
+        seq.expected_wait_s = self._expected_wait(tenant, len(seq.prompt_ids))
+        max_wait = self.config.max_queue_wait_s
+        if check_wait and max_wait is not None and seq.expected_wait_s > max_wait:
+            raise Overloaded(f"expected wait {seq.expected_wait_s:.1f}s exceeds {max_wait:g}s",
+                             retry_after_s(seq.expected_wait_s, max_wait), "expected_wait")
+
+    def _expected_wait(self, tenant: str, prompt_tokens: int) -> float:
+        running = [Pending(len(s.prompt_ids) - s.n_cached if s.status is Status.PREFILLING else 0,
+                           s.params.max_tokens - len(s.output_ids)) for s in self.scheduler.active]
+        ahead = [Pending(len(s.prompt_ids), s.params.max_tokens)
+                 for s in self.scheduler.waiting.ahead_of_new(tenant)]
+        return expected_wait(running, ahead, self.config.max_running, prompt_tokens, self.speed)
+
+    def load(self, tenants: list[str] = ()) -> dict:
+        """A cheap snapshot for the ingress to refuse before a hop: the expected wait of a new
+        (empty-prompt) request per tenant ("*": a tenant with nothing queued)."""
+        with self._lock:
+            waiting = self.scheduler.waiting
+            names = set(tenants) | set(waiting.queues) | {s.tenant for s in self.scheduler.active}
+            return {"running": len(self.scheduler.active), "waiting": len(waiting),
+                    "max_queue_wait_s": self.config.max_queue_wait_s,
+                    "expected_wait_s": {t: self._expected_wait(t, 0) for t in names | {"*"}},
+                    "prefill_tok_s": self.speed.prefill_tok_s, "decode_step_s": self.speed.decode_step_s,
+                    "slots": self.config.max_running,
+                    "full_step_s": self.speed.step_s(self.config.max_running)}
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a sequence (client gone): it leaves at the next step and frees its slot."""
@@ -168,9 +224,15 @@ class LLMEngine:
     # -- stepping (engine thread) ------------------------------------------------------------
     def step(self) -> bool:
         with self._lock:
-            for seq in [s for s in self.scheduler.active + list(self.scheduler.waiting) if s.cancelled]:
-                self._finish(seq, "abort")
+            now = time.perf_counter()
+            for seq in self.scheduler.active + list(self.scheduler.waiting):
+                if seq.cancelled:
+                    self._finish(seq, "abort")
+                elif seq.deadline is not None and now >= seq.deadline:
+                    self._finish(seq, "timeout")  # before its prefill, if it still waits
+            queue_waits = []
             for seq in self.scheduler.admit():
+                queue_waits.append(now - seq.arrival)
                 self._reuse_prefix(seq)
             work = self.scheduler.next_work()
         if work is None:
@@ -183,7 +245,7 @@ class LLMEngine:
         masks = self._grammar_masks(work)  # computed while the model runs
         logits = self._run(work)
         allowed = masks.result() if masks is not None else {}
-        ttfts, itls = [], []
+        ttfts, itls, estimates = [], [], []
         with self._lock:
             for row, (seq, chunk) in enumerate(zip(work.seqs, work.chunks, strict=True)):
                 seq.n_cached += chunk
@@ -195,14 +257,20 @@ class LLMEngine:
                 before = seq.last_token_at
                 self._emit(seq, pick_token(seq, logits[row, 0], allowed.get(seq.seq_id),
                                            self.chat.stop_ids))
-                (itls.append(seq.last_token_at - before) if before is not None
-                 else ttfts.append(seq.last_token_at - seq.arrival))
+                if before is not None:
+                    itls.append(seq.last_token_at - before)
+                else:
+                    ttfts.append(seq.last_token_at - seq.arrival)
+                    if seq.expected_wait_s is not None:
+                        estimates.append((seq.expected_wait_s, ttfts[-1]))
             running, waiting = self.counts()
             kv_bytes = self.slots.bytes_in_use() + self._prefix_cache_bytes()
         if self.on_step:
             self.on_step(StepStats(work.kind, len(work.seqs), sum(work.chunks),
                                    time.perf_counter() - start, running, waiting, ttfts, itls,
-                                   kv_bytes))
+                                   kv_bytes, queue_waits, estimates))
+        # the whole step (sampling, detokenizing, callbacks, metrics): its period, not the forward
+        self.speed.observe(work.kind, sum(work.chunks), time.perf_counter() - start)
         return True
 
     def _speculative_step(self, work: Work, start: float) -> bool:
@@ -220,6 +288,7 @@ class LLMEngine:
                 seq.n_cached = int(self.slots.lens[seq.slot]) if not seq.finished else seq.n_cached
                 if before is not None and seq.last_token_at is not None:
                     itls.append((seq.last_token_at - before) / max(len(result.tokens), 1))
+        self.speed.observe("decode", len(work.seqs), time.perf_counter() - start)
         with self._lock:
             running, waiting = self.counts()
             kv_bytes = self.slots.bytes_in_use() + self._prefix_cache_bytes()
@@ -329,8 +398,25 @@ class LLMEngine:
         self.slots.prefault()
         if self.spec is not None and self.spec.draft_slots is not None:
             self.spec.draft_slots.prefault()
+        self._calibrate()
         self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
         self._thread.start()
+
+    def _calibrate(self) -> None:
+        """Time a decode step at batch 1 and at full batch, and one full prefill chunk, so the
+        first burst is admitted on this machine's speed rather than on priors (~0.1-1 s). A bare
+        forward lacks a served step's sampling, callbacks and streaming: CALIBRATION_MARGIN (a
+        small overload run on a busy CPU waited ~1.4x what bare forwards predicted), until real
+        steps replace it."""
+        n = self.config.max_running
+        chunk = min(self.config.max_prefill_tokens, self.max_seq_len - 1)
+        for kind, rows, width in (("decode", 1, 1), ("decode", 1, 1), ("decode", n, 1),
+                                  ("decode", n, 1), ("prefill", 1, chunk)):
+            start = time.perf_counter()
+            self.runner.forward_slots(self.slots, 0, rows, np.zeros((rows, width), np.int64),
+                                      np.full(rows, width, np.int64), np.full((rows, 1), width - 1))
+            self.slots.lens[:] = 0  # nothing of it is kept
+            self.speed.observe(kind, rows * width, (time.perf_counter() - start) * CALIBRATION_MARGIN)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -361,7 +447,7 @@ class LLMEngine:
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Output]:
         """Run prompts to completion on the calling thread (tests, benchmarks)."""
         outputs: list[list[Output]] = [[] for _ in prompts]
-        seqs = [self.add(p, params, outputs[i].append) for i, p in enumerate(prompts)]
+        seqs = [self.add(p, params, outputs[i].append, check_wait=False) for i, p in enumerate(prompts)]
         while not all(s.finished for s in seqs):
             self.step()
         return [Output("".join(o.text for o in out), out[-1].n_tokens, out[-1].finish_reason,

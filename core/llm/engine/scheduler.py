@@ -6,9 +6,9 @@ streams by at most one (chunked) prefill per token. Long prompts are prefilled i
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
+from .fairness import FairQueue
 from .sequence import Sequence, Status
 
 
@@ -20,8 +20,9 @@ class Work:
 
 
 class Scheduler:
-    def __init__(self, n_slots: int, max_prefill_tokens: int) -> None:
-        self.waiting: deque[Sequence] = deque()
+    def __init__(self, n_slots: int, max_prefill_tokens: int,
+                 tenant_weights: dict[str, float] | None = None) -> None:
+        self.waiting = FairQueue(tenant_weights)  # FIFO per tenant, shared by round robin
         self.active: list[Sequence] = []  # prefilling or decoding, each holding a slot
         self.free_slots = list(range(n_slots))
         self.max_prefill_tokens = max_prefill_tokens
@@ -39,7 +40,8 @@ class Scheduler:
             self.waiting.remove(seq)
 
     def admit(self) -> list[Sequence]:
-        """Give free slots to waiting sequences (FIFO); returns the newly admitted."""
+        """Give free slots to waiting sequences (FIFO per tenant, tenants in weighted turns);
+        returns the newly admitted."""
         admitted = []
         while self.waiting and self.free_slots:
             seq = self.waiting.popleft()

@@ -28,7 +28,7 @@ class Output:
 
     text: str
     n_tokens: int
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "timeout" | "error"
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (set when finished)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # tokens since the last output
 
@@ -55,6 +55,9 @@ class Sequence:
     counts: dict[int, int] = field(default_factory=dict)  # output token -> times (penalties)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet reported
     last_logprob: TokenLogprob | None = None  # of the token just picked
+    tenant: str = "default"  # the API key's tenant: fair shares of slots (fairness.py)
+    deadline: float | None = None  # perf_counter time after which the request ends ("timeout")
+    expected_wait_s: float | None = None  # estimated at admission (admission.py), for metrics
 
     def __post_init__(self) -> None:
         self.rng = rng_for(self.params.seed)

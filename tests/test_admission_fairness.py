@@ -1,0 +1,197 @@
+"""Pure logic of overload control: the expected-wait estimator and the fair waiting queue."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from core.llm.engine.admission import (
+    Overloaded,
+    Pending,
+    Throughput,
+    expected_wait,
+    retry_after_s,
+)
+from core.llm.engine.fairness import FairQueue
+from core.llm.engine.sequence import Sequence
+from core.llm.sampling import SamplingParams
+
+
+def speed(prefill_tok_s: float = 100.0, decode_step_s: float = 0.1) -> Throughput:
+    s = Throughput()
+    s.prefill_tok_s, s.decode_step_s = prefill_tok_s, decode_step_s
+    return s
+
+
+def test_free_slot_waits_only_for_prefill():
+    # 2 slots, 1 running: the new request starts at once; its 50 tokens take 0.5 s to prefill
+    wait = expected_wait([Pending(0, 30)], [], 2, 50, speed())
+    assert wait == pytest.approx(0.5)
+
+
+def test_full_slots_wait_for_the_earliest_finisher_and_the_queue_ahead():
+    running = [Pending(0, 30), Pending(0, 10)]
+    # no queue: the slot freed after 10 steps (1 s), then own prefill of 100 tokens (1 s)
+    assert expected_wait(running, [], 2, 100, speed()) == pytest.approx(2.0)
+    # one waiting ahead takes that slot (and holds it 50 steps); next free: the 30-step one
+    ahead = [Pending(20, 50)]
+    assert expected_wait(running, ahead, 2, 100, speed()) == pytest.approx(3.0 + 1.2)
+
+
+def test_wait_grows_with_the_queue_and_shrinks_with_speed():
+    running = [Pending(0, 100)] * 4
+    short = expected_wait(running, [Pending(10, 100)] * 4, 4, 10, speed())
+    long = expected_wait(running, [Pending(10, 100)] * 12, 4, 10, speed())
+    assert long > short
+    assert expected_wait(running, [Pending(10, 100)] * 12, 4, 10, speed(decode_step_s=0.01)) < long
+
+
+def test_step_time_follows_the_batch_size():
+    s = Throughput()
+    for _ in range(30):  # on this "machine" a step costs 10 ms + 5 ms per row
+        for rows in (1, 4, 8):
+            s.observe("decode", rows, 0.010 + 0.005 * rows)
+    assert s.step_s(16) == pytest.approx(0.090, rel=1e-3)  # a burst runs at a larger batch
+    assert s.step_s(1) == pytest.approx(0.015, rel=1e-3)
+    # the estimator uses the batch the wait runs at: 16 rows here, not the 1 measured last
+    wait = expected_wait([Pending(0, 10)] * 16, [], 16, 0, s)
+    assert wait == pytest.approx(10 * 0.090, rel=1e-3)
+
+
+def test_one_batch_size_seen_gives_its_mean():
+    s = Throughput()
+    for _ in range(10):
+        s.observe("decode", 4, 0.02)
+    assert s.step_s(16) == pytest.approx(0.02)
+
+
+def test_throughput_ewma_moves_toward_measurements():
+    s = Throughput()
+    for _ in range(50):
+        s.observe("decode", 8, 0.2)
+        s.observe("prefill", 1000, 0.5)
+    assert s.decode_step_s == pytest.approx(0.2, rel=1e-3)
+    assert s.prefill_tok_s == pytest.approx(2000, rel=1e-3)
+    s.observe("decode", 0, 0.0)  # ignored: nothing measured
+    assert s.decode_step_s == pytest.approx(0.2, rel=1e-3) and s.step_s(8) == pytest.approx(0.2)
+
+
+def test_retry_after_is_whole_seconds_in_range():
+    assert retry_after_s(12.2, 10) == 3
+    assert retry_after_s(10.01, 10) == 1
+    assert retry_after_s(500, 10) == 60
+
+
+def test_overloaded_keeps_its_fields_across_pickling():
+    exc = pickle.loads(pickle.dumps(Overloaded("busy", 7, "expected_wait")))
+    assert (str(exc), exc.retry_after_s, exc.reason) == ("busy", 7, "expected_wait")
+
+
+def seq(tenant: str) -> Sequence:
+    return Sequence([1, 2, 3], SamplingParams(max_tokens=4), None, lambda _: None, tenant=tenant)
+
+
+def test_flooding_tenant_cannot_starve_a_late_one():
+    q = FairQueue()
+    for _ in range(50):
+        q.append(seq("flood"))
+    first = q.popleft()
+    light = seq("light")
+    q.append(light)
+    assert first.tenant == "flood"
+    assert q.popleft() is light  # the very next free slot, not the back of the flood's queue
+
+
+def test_turns_alternate_and_follow_weights():
+    q = FairQueue({"a": 2, "b": 1})
+    for _ in range(30):
+        q.append(seq("a"))
+        q.append(seq("b"))
+    order = "".join(q.popleft().tenant for _ in range(30))
+    assert order.count("a") == 20 and order.count("b") == 10
+    assert "aaa" not in order and "bb" not in order
+
+
+def test_fifo_within_a_tenant_and_remove():
+    q = FairQueue()
+    seqs = [seq("a") for _ in range(3)]
+    for s in seqs:
+        q.append(s)
+    q.remove(seqs[1])
+    assert len(q) == 2 and seqs[1] not in q
+    assert [q.popleft(), q.popleft()] == [seqs[0], seqs[2]]
+    assert not q
+    with pytest.raises(IndexError):
+        q.popleft()
+
+
+def test_idle_tenant_keeps_no_credit():
+    q = FairQueue()
+    q.append(seq("a"))
+    q.popleft()  # "a" empties: its turn and deficit are gone
+    for _ in range(3):
+        q.append(seq("b"))
+    for _ in range(3):
+        q.append(seq("a"))
+    order = "".join(q.popleft().tenant for _ in range(6))
+    assert order == "bababa"
+
+
+def test_ahead_of_new_counts_own_queue_and_others_fair_share():
+    q = FairQueue()
+    for _ in range(10):
+        q.append(seq("flood"))
+    assert len(q.ahead_of_new("light")) == 1  # one of the flood's goes before the newcomer
+    q.append(seq("light"))
+    assert len(q.ahead_of_new("light")) == 1 + 2
+    assert len(q.ahead_of_new("flood")) == 10 + 1
+
+
+def test_quota_buckets_refuse_with_retry_after_and_take_back_unused_tokens():
+    from serve_app.errors import APIError
+    from serve_app.quotas import QuotaArgs, Quotas
+
+    quotas = Quotas({"*": QuotaArgs(requests_per_min=2), "big": QuotaArgs(tokens_per_min=100)})
+    quotas.admit("x")
+    quotas.admit("x")
+    with pytest.raises(APIError) as over:
+        quotas.admit("x")
+    assert over.value.status == 429 and over.value.kind == "requests"
+    assert 1 <= int(over.value.headers["Retry-After"]) <= 30
+    quotas.admit("y")  # each tenant has its own bucket
+    quotas.admit("big")
+    quotas.spend_tokens("big", 150)  # in debt: the next request is refused
+    with pytest.raises(APIError) as debt:
+        quotas.admit("big")
+    assert debt.value.kind == "tokens"
+    quotas.give_back("big", 120)  # it generated less than it reserved
+    quotas.admit("big")
+
+
+def test_ingress_view_refuses_early_counting_what_it_sent_since_the_snapshot():
+    import asyncio
+
+    from serve_app.errors import APIError
+    from serve_app.overload import LoadView
+
+    class LLMLoad:  # stands in for the LLM handle's `load.remote()`: a fixed engine snapshot
+        def __init__(self) -> None:
+            self.load = self
+
+        async def remote(self) -> dict:
+            return {"expected_wait_s": {"a": 2.0, "*": 0.5}, "slots": 2, "full_step_s": 0.1}
+
+    async def scenario() -> None:
+        view = LoadView(LLMLoad(), max_queue_wait_s=5.0)
+        view.check("a")  # no view yet: the engine decides
+        await asyncio.sleep(0.05)  # the first poll lands
+        view.check("a")  # 2 s expected: fine
+        view.sent("a", 100)  # 100 tokens over 2 slots at 0.1 s a step: +5 s
+        with pytest.raises(APIError) as refused:
+            view.check("a")
+        assert refused.value.status == 503 and int(refused.value.headers["Retry-After"]) >= 2
+        view.check("b")  # another tenant: its own (DRR) estimate
+        view._task.cancel()
+
+    asyncio.run(scenario())
