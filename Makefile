@@ -82,6 +82,7 @@ bench: install-test models
 	SERVER_ONLY=1 bash bench/setup_peer.sh
 	$(BIN)/python -m bench.peer
 	$(BIN)/python -m bench.profile
+	$(BIN)/python -m bench.settings
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.quantization
 	$(BIN)/python -m bench.serving
