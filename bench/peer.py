@@ -274,13 +274,12 @@ async def run(args: argparse.Namespace) -> None:
         print(engine, flush=True)
         results: dict[tuple[str, int], list[LoadResult]] = {}
         idle_cpu: list[float] = []
-        seed = 0
         for streams in levels:
             order = [s for s in servers if streams in levels_of.get(s, ALL)]
             for rnd in range(args.rounds):
+                # the same prompts for every server in a round; new ones (no cache hits) per round
+                prompts = make_prompts(PLAN[streams], PROMPT_TOKENS, seed=1000 * streams + rnd)
                 for label in order if rnd % 2 == 0 else order[::-1]:  # ABBA...: drift cancels
-                    seed += 1
-                    prompts = make_prompts(PLAN[streams], PROMPT_TOKENS, seed=seed)
                     cpu0, t0 = tree_cpu_seconds(app), time.perf_counter()
                     res = await measure(servers[label], label, streams, prompts)
                     if label.startswith("llama-server"):
