@@ -193,6 +193,10 @@ def table(rows: list[dict], engine: dict, ratios: dict) -> str:
         [[r["label"], r["streams"], f'{r["ok"]}/{r["failed"]}', r["gen_tok_s"],
           " / ".join(str(x) for x in r["rounds"]), r["decode_tok_s_per_stream"], r["ttft_p50_ms"],
           r["ttft_p99_ms"], r["itl_p50_ms"], r["itl_p99_ms"]] for r in rows])
+    out += ("\nok/failed: requests answered / refused with 503 + Retry-After: this app (and the naive "
+            "one) refuse a request whose expected wait for its first token exceeds "
+            "engine.max_queue_wait_s (10 s), llama-server queues every request (see its TTFT). gen "
+            "tok/s counts the tokens of answered requests over the whole run.\n")
     out += (f"\nEngine alone (served variant, batch 1, in-process): {engine['decode_tok_s']} tok/s "
             f"decode, TTFT {engine['ttft_ms']} ms for a {PROMPT_TOKENS}-token prompt.\n\n")
     out += markdown_table(["streams", "fastest llama-server", "this app / it: aggregate tok/s",

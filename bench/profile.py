@@ -28,6 +28,11 @@ from .peer import APP_PORT, MODEL, NEW_TOKENS, PROMPT_TOKENS, ROOT, make_prompts
 STREAMS = (1, 16)
 
 
+def requests(prompts: list[str], streams: int) -> list[str]:
+    """The prompts of one level, for the engine alone and over HTTP alike."""
+    return prompts[:max(4, 2 * streams)]
+
+
 def served_args() -> dict:
     return yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]["args"]
 
@@ -60,7 +65,8 @@ def engine_split(streams: int, prompts: list[str]) -> dict:
     engine.on_step = lambda s: steps.append((s.seconds, run_s[-1])) if s.kind == "decode" else None
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
     ids = [gen.chat.encode(gen.chat.chat_prompt([{"role": "user", "content": p}])) for p in prompts]
-    seqs = [engine.add(p, params, lambda out: None) for p in ids[:streams]]
+    # the same requests as the HTTP run, at most `streams` at a time (the engine's slots)
+    seqs = [engine.add(p, params, lambda out: None, check_wait=False) for p in ids]
     start = time.perf_counter()
     while not all(s.finished for s in seqs):
         engine.step()
@@ -159,7 +165,7 @@ async def run(args: argparse.Namespace) -> None:
     cost = invariance_cost(served_args()["llm_variant"])
     print(cost, flush=True)
     prompts = make_prompts(64, PROMPT_TOKENS, seed=7)
-    engine = [engine_split(n, prompts) for n in STREAMS]
+    engine = [engine_split(n, requests(prompts, n)) for n in STREAMS]
     print(engine, flush=True)
     served = []
     with process(["make", "-s", "serve"], ROOT / "bench" / "results" / "profile_app.log",
@@ -167,7 +173,7 @@ async def run(args: argparse.Namespace) -> None:
         root = psutil.Process(app.pid)
         await served_split(1, prompts[:2], root)  # warm-up
         for n in STREAMS:
-            served.append(await served_split(n, prompts[:max(4, 2 * n)], root))
+            served.append(await served_split(n, requests(prompts, n), root))
             print(served[-1], flush=True)
     rows = []
     for e, s in zip(engine, served, strict=True):
