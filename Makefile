@@ -83,6 +83,9 @@ bench: install-test models
 	$(BIN)/python -m bench.peer
 	$(BIN)/python -m bench.profile
 	$(BIN)/python -m bench.settings
+	$(BIN)/python -m bench.overload
+	$(BIN)/python -m bench.refusal_cost
+	$(BIN)/python -m bench.structured
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.quantization
 	$(BIN)/python -m bench.serving

@@ -89,6 +89,57 @@ def head_from_table(model: onnx.ModelProto, node_name: str = "lm_head", table: s
     return model
 
 
+def padded_flavor(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The "padded" flavor of a "query_lens" LM graph (core/build/llama.py), in place: the extra
+    attention token, its length adjustments and the query_lens input go; each GroupQueryAttention
+    takes the projections and the caller's lengths directly. A graph already padded is returned
+    as it is. GPU variants need it: onnxruntime-gpu lags the CPU wheel (no query_lens input)."""
+    graph = model.graph
+    if not any(i.name == "query_lens" for i in graph.input):
+        return model
+    produced = {out: node for node in graph.node for out in node.output}
+    rename: dict[str, str] = {}  # value -> what replaces it
+    drop = set()
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        concat = produced[node.input[0]]  # Concat(qkv, zero token)
+        rename[node.input[0]] = concat.input[0]
+        drop.add(id(concat))
+        for k in (5, 6):  # seqlens_k + 1, total_seq_len + 1
+            add = produced[node.input[k]]
+            rename[node.input[k]] = add.input[0]
+            drop.add(id(add))
+        del node.input[9:]  # query_lens and the optional inputs before it
+    for node in graph.node:  # the Slice that dropped the extra token's output
+        if node.op_type == "Slice" and node.input[0] in {n.output[0] for n in graph.node
+                                                           if n.op_type == "GroupQueryAttention"}:
+            rename[node.output[0]] = node.input[0]
+            drop.add(id(node))
+    kept = [n for n in graph.node if id(n) not in drop]
+    for node in kept:
+        for k, name in enumerate(node.input):
+            while name in rename:
+                name = rename[name]
+            node.input[k] = name
+    # what only fed the dropped nodes: the zero token's chain and query_lens's Add
+    needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    changed = True
+    while changed:
+        changed = False
+        for node in list(kept):
+            if not any(out in needed for out in node.output):
+                kept.remove(node)
+                changed = True
+        needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    del graph.node[:]
+    graph.node.extend(kept)
+    inputs = [i for i in graph.input if i.name != "query_lens"]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    return model
+
+
 def float16_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same graph in half precision (in place): every float initializer (norm weights, the
     embedding table, rotary caches, MatMulNBits scales and block corrections) and the KV inputs

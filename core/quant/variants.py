@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from .graph_edit import float16_graph, head_from_table, save, set_accuracy_level
+from .graph_edit import float16_graph, head_from_table, padded_flavor, save, set_accuracy_level
 from .quantizer import ModelQuantizer
 
 QUANT_VERSION = "1"
@@ -43,31 +43,20 @@ def _lossless_acc0(src: Path, out: Path, progress: bool) -> None:
     save(head_from_table(set_accuracy_level(onnx.load(str(src)), 0, bits=4)), out)
 
 
-def _padded_base(variant: str) -> onnx.ModelProto:
-    """A base graph in the "padded" flavor, from the GGUF: GPU variants are for onnxruntime-gpu,
-    whose version lags the CPU wheel's (core/build/llama.py), whatever ONNX Runtime runs here."""
-    from core.build.artifacts import gguf_source
-    from core.build.gguf_weights import read_gguf
-    from core.build.llama import build_llama
-
-    cfg, weights, _ = read_gguf(str(gguf_source()))
-    return build_llama(cfg, weights, variant, "padded")
-
-
 def _gpu_fp16(src: Path, out: Path, progress: bool) -> None:
     # The GPU graph: q4's lossless GGUF blocks in MatMulNBits (4-bit, 8-bit head) with float16
     # activations, KV and scales, so that every node gets the float16 inputs its CUDA kernel is
     # registered for (tests/test_gpu_kernels.py). accuracy_level 0: CUDA ignores it; on a CPU (the
     # fallback, CI) it keeps activations in float instead of int8, so the CPU reproduces the GPU's
     # numerics (max logit error vs fp32 0.06 on a 16-token prompt; 2.05 at level 4).
-    # `src` (q4.onnx) only dates it: the graph comes from the GGUF in the GPU wheel's flavor.
-    save(float16_graph(set_accuracy_level(_padded_base("q4"), 0)), out)
+    # In the GPU wheel's flavor whatever runs here (graph_edit.padded_flavor).
+    save(float16_graph(set_accuracy_level(padded_flavor(onnx.load(str(src))), 0)), out)
 
 
 def _fp16(src: Path, out: Path, progress: bool) -> None:
-    # ORT's float16 converter over the fp32 graph, in the GPU wheel's flavor (see _padded_base).
+    # ORT's float16 converter over the fp32 graph, in the GPU wheel's flavor (padded_flavor).
     padded = out.with_name(f".{out.stem}-padded-fp32.onnx")
-    save(_padded_base("fp32"), padded)
+    save(padded_flavor(onnx.load(str(src))), padded)
     try:
         ModelQuantizer(padded, "lm", progress).fp16(out)
     finally:
@@ -107,9 +96,9 @@ SPECS: dict[str, VariantSpec] = {s.name: s for s in [
     VariantSpec("int4-hqq32", 4, "int4 weight-only MatMulNBits HQQ block 32, accuracy_level 4", "fp32",
                 build=_with("weight_only", bits=4, block_size=32, algorithm="hqq")),
     VariantSpec("q4-fp16", 4, "GGUF Q4_1 blocks -> MatMulNBits, float16 activations and KV (the GPU "
-                "graph)", "q4", device="gpu", build=_gpu_fp16, revision=3),
+                "graph)", "q4", device="gpu", build=_gpu_fp16, revision=4),
     VariantSpec("fp16", 16, "fp16 weights and ops (a GPU variant; CPU runs it with casts)", "fp32",
-                device="gpu", build=_fp16, revision=2),
+                device="gpu", build=_fp16, revision=3),
 ]}
 
 
