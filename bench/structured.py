@@ -20,12 +20,13 @@ import time
 import jsonschema
 import numpy as np
 
-from core.build.artifacts import build_llm
+from core.build.artifacts import SERVED_VARIANT
 from core.llm.constraint import json_schema_grammar
 from core.llm.engine import EngineConfig, LLMEngine
 from core.llm.engine.engine import StepStats
 from core.llm.sampling import SamplingParams, process_logits
 from core.llm.textgen import TextGenerator
+from deployments.models import built_variant_dir
 
 from .common import machine, markdown_table, write
 
@@ -74,7 +75,7 @@ def constraint_work_us(engine: LLMEngine, grammar: str, texts: list[str]) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variant", default="q4")
+    parser.add_argument("--variant", default=SERVED_VARIANT)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=96)
@@ -82,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.max_tokens = 1, 48
-    gen = TextGenerator(build_llm(progress=lambda _: None), variant=args.variant, threads=args.threads)
+    gen = TextGenerator(built_variant_dir(args.variant), variant=args.variant, threads=args.threads)
     engine = LLMEngine(gen.runner, gen.chat, EngineConfig(max_seq_len=1024, prefix_cache_bytes=0))
     ids = {c: gen.chat.encode(gen.chat.chat_prompt([{"role": "user", "content": prompt(c)}]))
            for c in CITIES}
