@@ -55,6 +55,15 @@ class Record:
     finish: str | None = None  # "length"/"stop" for a full answer
 
 
+def error_code(raw: bytes, status: int) -> str:
+    """The OpenAI-style error code of a refusal, or http_<status> for a body that has none (Serve's
+    proxy answers its own 503 in plain text when a deployment's queue is full)."""
+    try:
+        return json.loads(raw)["error"]["code"] or f"http_{status}"
+    except (ValueError, KeyError, TypeError):
+        return f"http_{status}"
+
+
 async def one(client: httpx.AsyncClient, url: str, key: str, scenario: str, t0: float,
               prompt: str, max_tokens: int) -> Record:
     rec = Record(scenario, key, time.perf_counter() - t0)
@@ -66,8 +75,7 @@ async def one(client: httpx.AsyncClient, url: str, key: str, scenario: str, t0: 
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as r:
             rec.status = r.status_code
             if r.status_code != 200:
-                raw = await r.aread()
-                rec.code = json.loads(raw).get("error", {}).get("code") if raw else f"http_{r.status_code}"
+                rec.code = error_code(await r.aread(), r.status_code)
             else:
                 async for line in r.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
