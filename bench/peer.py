@@ -54,6 +54,11 @@ WORDS = ("river mountain garden window planet music letter engine forest silver 
          "lantern meadow copper signal blanket canyon").split()
 
 
+def served_args() -> dict:
+    """The `args:` of configs/local.yaml's app: what `make serve` serves."""
+    return yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]["args"]
+
+
 # -- prompts --------------------------------------------------------------------------------------
 def make_prompts(n: int, target_tokens: int, seed: int = 0) -> list[str]:
     """n distinct user messages whose chat-templated prompt is `target_tokens` long here."""
@@ -148,7 +153,7 @@ def engine_alone_b1(prompt: str, repeats: int = 3) -> dict:
     from core.llm.textgen import TextGenerator
     from deployments.models import built_variant_dir
 
-    local = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]["args"]
+    local = served_args()
     variant = local.get("llm_variant", SERVED_VARIANT)
     gen = TextGenerator(built_variant_dir(variant), variant=variant,
                         spinning=local.get("llm_spinning", False))

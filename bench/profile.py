@@ -19,11 +19,10 @@ from collections import defaultdict
 
 import numpy as np
 import psutil
-import yaml
 
 from .common import markdown_table, write
 from .loadgen import run_chat_load
-from .peer import APP_PORT, MODEL, NEW_TOKENS, PROMPT_TOKENS, ROOT, make_prompts, process
+from .peer import APP_PORT, MODEL, NEW_TOKENS, PROMPT_TOKENS, ROOT, make_prompts, process, served_args
 
 STREAMS = (1, 16)
 
@@ -31,10 +30,6 @@ STREAMS = (1, 16)
 def requests(prompts: list[str], streams: int) -> list[str]:
     """The prompts of one level, for the engine alone and over HTTP alike."""
     return prompts[:max(4, 2 * streams)]
-
-
-def served_args() -> dict:
-    return yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]["args"]
 
 
 def engine_split(streams: int, prompts: list[str]) -> dict:

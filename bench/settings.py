@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from .common import RESULTS, markdown_table, write
-from .peer import APP_PORT, PROMPT_TOKENS, ROOT, make_prompts, measure, process
+from .peer import APP_PORT, PROMPT_TOKENS, ROOT, make_prompts, measure, process, served_args
 
 SETTINGS = {
     "no spinning": {"llm_spinning": False},
@@ -54,7 +54,7 @@ async def run(args: argparse.Namespace) -> None:
                              "ttft_p50_ms": s["ttft_p50_ms"], "ttft_p99_ms": s["ttft_p99_ms"],
                              "itl_p50_ms": s["itl_p50_ms"], "errors": s["errors"]})
                 print(rows[-1], flush=True)
-    local = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["applications"][0]["args"]
+    local = served_args()
     table = markdown_table(["setting", "streams", "gen tok/s", "TTFT p50 (ms)", "TTFT p99 (ms)",
                             "ITL p50 (ms)"],
                            [[r["setting"], r["streams"], r["gen_tok_s"], r["ttft_p50_ms"],

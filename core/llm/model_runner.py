@@ -2,8 +2,9 @@
 
 Batch rows are right-padded: row b holds `lens[b]` valid cached tokens at the start of its KV
 rows, and `query_lens[b]` valid new tokens at the start of its input row. The graph's fused
-attention appends each row's S new keys/values (padding too) right after its valid ones; `lens`
-then counts only the valid ones, so the padding is overwritten by the row's next tokens.
+attention appends each row's new keys/values right after its valid ones, plus positions that are
+not valid (the "padded" flavor: all S; the "query_lens" flavor: its one extra attention token;
+see core/build/llama.py); `lens` counts only the valid ones, so those are overwritten later.
 """
 
 from __future__ import annotations
