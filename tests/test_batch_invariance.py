@@ -109,3 +109,17 @@ def test_one_token_and_multi_token_forwards_agree_bit_for_bit(served):
         per_width.append(np.array(logits))
     for other in per_width[1:]:
         assert np.array_equal(per_width[0], other)
+
+
+def test_device_kv_slots_give_the_output_alone(served, prompts, alone):
+    """KV slots bound by address (how a GPU keeps them: core/llm/device_kv.py), here in host
+    memory, with the prefix cache copying blocks out of and back into them."""
+    served.runner.kv_device = "cpu"
+    try:
+        outs, engine = greedy(served, prompts + prompts, EngineConfig(max_running=4, max_prefill_tokens=16),
+                              True)
+    finally:
+        served.runner.kv_device = None
+    assert type(engine.slots).__name__ == "DeviceKVSlots"
+    assert engine.prefix_cache.stats.hit_tokens > 0
+    assert outs[:16] == alone and outs[16:] == alone

@@ -19,6 +19,7 @@ The dtype is the graph's KV dtype (float16 in the GPU variants).
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 
 # Positions past `capacity` that the graph may write into: its extra attention token's KV
 # (core/build/llama.py) lands one past a row's valid tokens, which may be the last usable one.
@@ -26,19 +27,21 @@ HEADROOM = 1
 
 
 class KVSlots:
+    """Slots in host memory, as numpy arrays: what the CPU provider computes on in place."""
+
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, n_slots: int, capacity: int,
                  dtype: np.dtype | type = np.float32):
-        shape = (n_slots, n_kv_heads, capacity + HEADROOM, head_dim)
-        self.keys = [np.zeros(shape, dtype) for _ in range(n_layers)]
-        self.values = [np.zeros(shape, dtype) for _ in range(n_layers)]
+        self.shape = (n_slots, n_kv_heads, capacity + HEADROOM, head_dim)
+        self.dtype = np.dtype(dtype)
+        self.keys = [np.zeros(self.shape, dtype) for _ in range(n_layers)]
+        self.values = [np.zeros(self.shape, dtype) for _ in range(n_layers)]
         self.lens = np.zeros(n_slots, np.int64)
         self.n_slots, self.capacity = n_slots, capacity
-        self.bytes_per_token = 2 * n_layers * n_kv_heads * head_dim * np.dtype(dtype).itemsize
-
+        self.bytes_per_token = 2 * n_layers * n_kv_heads * head_dim * self.dtype.itemsize
 
     @property
     def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values, strict=True))
+        return 2 * len(self.keys) * int(np.prod(self.shape)) * self.dtype.itemsize
 
     def prefault(self) -> None:
         """Write every page now (np.zeros leaves them to the first touch)."""
@@ -58,3 +61,12 @@ class KVSlots:
         for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
             self.keys[layer][slot, :, start:start + n] = k
             self.values[layer][slot, :, start:start + n] = v
+
+    def bind_range(self, binding: ort.IOBinding, lo: int, hi: int) -> None:
+        """Bind every layer's past and present KV of slots [lo, hi) to the same memory, so the
+        graph appends new positions in place."""
+        for i in range(len(self.keys)):
+            for kind, buffers in (("key", self.keys), ("value", self.values)):
+                shared = ort.OrtValue.ortvalue_from_numpy(buffers[i][lo:hi])
+                binding.bind_ortvalue_input(f"past_{kind}.{i}", shared)
+                binding.bind_ortvalue_output(f"present_{kind}.{i}", shared)

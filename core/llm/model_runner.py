@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from .device_kv import DeviceKVSlots
 from .kv_slots import KVSlots
 from .session import make_session
 
@@ -85,6 +86,8 @@ class ModelRunner:
         self.kv_dtype = np.float16 if kv_type == "tensor(float16)" else np.float32
         # core/build/llama.py's two graph flavors: rows of any width in one forward, or padded rows
         self.takes_query_lens = any(i.name == "query_lens" for i in self.session.get_inputs())
+        # Where make_slots puts KV: None = numpy arrays on the host; "cuda" = the GPU's memory.
+        self.kv_device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else None
         # Per KV-slot buffer set and row range: a binding with every layer's past/present bound to
         # the slots in place. Binding 60 buffers cost ~0.5 ms a step, a few % of a batch-1 decode
         # step; a step now rebinds only its small inputs and the logits.
@@ -98,7 +101,11 @@ class ModelRunner:
                        np.zeros(batch, np.int64))
 
     def make_slots(self, n_slots: int, capacity: int) -> KVSlots:
-        """KV slots in this graph's KV dtype."""
+        """KV slots in this graph's KV dtype, in the memory the session computes in: on CUDA the
+        GPU's (host slots would be copied over and back at every step)."""
+        if self.kv_device:
+            return DeviceKVSlots(self.n_layers, self.n_kv_heads, self.head_dim, n_slots, capacity,
+                                 self.kv_dtype, device=self.kv_device)
         return KVSlots(self.n_layers, self.n_kv_heads, self.head_dim, n_slots, capacity, self.kv_dtype)
 
     def forward(self, input_ids: np.ndarray, query_lens: np.ndarray, kv: KVCache,
@@ -166,13 +173,14 @@ class ModelRunner:
         return logits
 
     def _kv_binding(self, slots: KVSlots, lo: int, hi: int) -> ort.IOBinding:
+        if self.kv_device and not isinstance(slots, DeviceKVSlots):
+            # Host slots on CUDA: ORT would copy past to the GPU and present back from another
+            # buffer, and GroupQueryAttention writes only the new positions in place: the rest
+            # comes back uninitialized (measured: garbage text, bench/results/gpu_smoke_host_kv.json).
+            raise ValueError("KV slots on the host for a session on the GPU: use make_slots")
         per_range = self._bindings.setdefault(slots, {})
         if (lo, hi) not in per_range:
             bind = self.session.io_binding()
-            for i in range(self.n_layers):
-                for kind, buffers in (("key", slots.keys), ("value", slots.values)):
-                    shared = ort.OrtValue.ortvalue_from_numpy(buffers[i][lo:hi])
-                    bind.bind_ortvalue_input(f"past_{kind}.{i}", shared)
-                    bind.bind_ortvalue_output(f"present_{kind}.{i}", shared)
+            slots.bind_range(bind, lo, hi)
             per_range[(lo, hi)] = bind
         return per_range[(lo, hi)]
