@@ -21,9 +21,9 @@ import yaml
 from .common import RESULTS, markdown_table, write
 from .peer import APP_PORT, PROMPT_TOKENS, ROOT, make_prompts, measure, process, served_args
 
-SETTINGS = {
-    "no spinning": {"llm_spinning": False},
-    "spinning within a step": {"llm_spinning": "within_run"},
+SETTINGS = {  # each names both settings: the rest comes from configs/local.yaml
+    "no spinning": {"llm_spinning": False, "stream_interval_ms": 0},
+    "spinning within a step": {"llm_spinning": "within_run", "stream_interval_ms": 0},
     "spinning within a step, 100 ms stream interval": {"llm_spinning": "within_run",
                                                        "stream_interval_ms": 100},
 }
