@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import jsonschema
 import pytest
+from langchain_openai import ChatOpenAI
 from openai import BadRequestError, OpenAI
 from pydantic import BaseModel
 
@@ -19,6 +20,7 @@ WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
                    "required": ["city"], "additionalProperties": False}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+PARIS = "Describe Paris as JSON with keys name, country, population."
 
 
 class City(BaseModel):
@@ -35,7 +37,7 @@ def client(serve_url) -> OpenAI:
 def test_parse_returns_a_pydantic_object(client):
     r = client.beta.chat.completions.parse(
         model=CHAT, temperature=0, max_tokens=60, response_format=City,
-        messages=[{"role": "user", "content": "Describe Paris as JSON with keys name, country, population."}])
+        messages=[{"role": "user", "content": PARIS}])
     choice = r.choices[0]
     assert choice.finish_reason == "stop"
     assert isinstance(choice.message.parsed, City) and choice.message.parsed.name
@@ -203,3 +205,24 @@ def test_bad_structured_requests_are_400_naming_the_field(serve_url, body, param
 def test_bad_request_through_the_client(client):
     with pytest.raises(BadRequestError):
         client.chat.completions.create(model=CHAT, messages=ASK, tool_choice="required")
+
+
+@pytest.fixture(scope="module")
+def langchain_chat(serve_url) -> ChatOpenAI:
+    return ChatOpenAI(base_url=f"{serve_url}/v1", api_key="unused", model=CHAT, temperature=0,
+                      max_tokens=60, max_retries=0, timeout=120)
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])  # response_format, tools
+def test_langchain_with_structured_output(langchain_chat, method):
+    structured = langchain_chat.with_structured_output(City, method=method)
+    city = structured.invoke(PARIS)
+    assert isinstance(city, City) and city.name
+    *_, streamed = structured.stream(PARIS)  # LangChain parses the streamed deltas itself
+    assert streamed == city
+
+
+def test_langchain_json_mode_gives_a_dict(langchain_chat):
+    # json_object constrains to JSON, not to a schema: LangChain hands back the parsed object
+    answer = langchain_chat.with_structured_output(method="json_mode").invoke(PARIS)
+    assert isinstance(answer, dict)
