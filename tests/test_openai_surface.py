@@ -19,6 +19,10 @@ WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
                    "required": ["city"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "The local time in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                   "required": ["city"], "additionalProperties": False}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 PARIS = "Describe Paris as JSON with keys name, country, population."
 
@@ -127,7 +131,8 @@ def _id_of(client, entry) -> int:
 
 
 def test_tool_call_round_trip(client):
-    r = client.chat.completions.create(model=CHAT, temperature=0, max_tokens=40, messages=ASK,
+    # parallel calls (the default) cost the tokens of one repeated call at most: 80, not 40
+    r = client.chat.completions.create(model=CHAT, temperature=0, max_tokens=80, messages=ASK,
                                        tools=[WEATHER], tool_choice="required")
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
@@ -140,7 +145,7 @@ def test_tool_call_round_trip(client):
                                             tools=[WEATHER], tool_choice="none")
     assert answer.choices[0].message.content and answer.choices[0].message.tool_calls is None
     chunks = list(client.chat.completions.create(
-        model=CHAT, temperature=0, max_tokens=40, messages=ASK, tools=[WEATHER], stream=True,
+        model=CHAT, temperature=0, max_tokens=80, messages=ASK, tools=[WEATHER], stream=True,
         tool_choice={"type": "function", "function": {"name": "get_weather"}}))
     calls = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls
              for tc in c.choices[0].delta.tool_calls]
@@ -150,13 +155,37 @@ def test_tool_call_round_trip(client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
+def test_parallel_tool_calls_each_valid_streamed_with_their_index(client):
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+    kwargs = dict(model=CHAT, temperature=0, max_tokens=120, tools=[WEATHER, TIME], tool_choice="required",
+                  messages=[{"role": "user", "content": "What is the weather in Paris and in London?"}],
+                  extra_headers={"Cache-Control": "no-store"})  # the stream is generated, not replayed
+    choice = client.chat.completions.create(**kwargs).choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls]
+    assert len(calls) >= 2 and len({json.dumps(c) for c in calls}) == len(calls)  # several, none repeated
+    for name, arguments in calls:
+        jsonschema.validate(arguments, schemas[name])
+    assert len({c.id for c in choice.message.tool_calls}) == len(calls)
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    pieces = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls
+              for tc in c.choices[0].delta.tool_calls]
+    streamed = [(next(p.function.name for p in pieces if p.index == i and p.id),
+                 json.loads("".join(p.function.arguments or "" for p in pieces if p.index == i)))
+                for i in sorted({p.index for p in pieces})]
+    assert streamed == calls
+    one = client.chat.completions.create(**kwargs, parallel_tool_calls=False).choices[0]
+    assert one.finish_reason == "tool_calls" and len(one.message.tool_calls) == 1
+
+
 def test_tool_choice_auto_gives_text_or_a_valid_call(client):
     for question in ["What is the weather in Paris?", "Write one word."]:
-        c = client.chat.completions.create(model=CHAT, temperature=0, max_tokens=40, tools=[WEATHER],
+        c = client.chat.completions.create(model=CHAT, temperature=0, max_tokens=80, tools=[WEATHER],
                                            messages=[{"role": "user", "content": question}]).choices[0]
-        if c.finish_reason == "tool_calls":
-            jsonschema.validate(json.loads(c.message.tool_calls[0].function.arguments),
-                                WEATHER["function"]["parameters"])
+        if c.message.tool_calls:  # finish "tool_calls", or "length" with the calls it finished
+            assert c.finish_reason in ("tool_calls", "length") and c.message.content is None
+            for call in c.message.tool_calls:
+                jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
         else:
             assert c.message.content and c.message.tool_calls is None
 
