@@ -255,3 +255,18 @@ def test_langchain_json_mode_gives_a_dict(langchain_chat):
     # json_object constrains to JSON, not to a schema: LangChain hands back the parsed object
     answer = langchain_chat.with_structured_output(method="json_mode").invoke(PARIS)
     assert isinstance(answer, dict)
+
+
+def test_langchain_gathers_parallel_tool_calls_streamed_and_not(langchain_chat):
+    roomy = langchain_chat.model_copy(update={"max_tokens": 120})  # two calls and the repeat that ends them
+    chat = roomy.bind_tools([WEATHER, TIME], tool_choice="required")
+    question = "What is the weather in Paris and in London?"
+    answer = chat.invoke(question)
+    calls = [(c["name"], c["args"]) for c in answer.tool_calls]
+    assert answer.response_metadata["finish_reason"] == "tool_calls" and len(calls) >= 2
+    assert all(name in ("get_weather", "get_time") for name, _ in calls)
+    chunks = list(chat.stream(question))
+    gathered = chunks[0]
+    for chunk in chunks[1:]:
+        gathered += chunk  # LangChain joins the pieces of each call by its index
+    assert [(c["name"], c["args"]) for c in gathered.tool_calls] == calls
