@@ -1,5 +1,5 @@
 """One choice's engine outputs as OpenAI choices: logprobs in the endpoint's shape, and an answer
-that is a tool call turned into `tool_calls` (streamed: text flows at once, a call is held until it
+that is tool calls turned into `tool_calls` (streamed: text flows at once, a call is held until it
 shows its name, then streamed as OpenAI streams one: id and name, then the arguments in pieces)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .structured import CALL_CLOSE, CALL_OPEN, new_call_id, parse_tool_calls
 # The layout the tool-call grammar generates (compact JSON, name before arguments).
 CALL_HEAD = re.compile(r'\s*' + re.escape(CALL_OPEN) + r'\{"name": ("(?:[^"\\]|\\.)*"), "arguments": ')
 CALL_TAIL = "}" + CALL_CLOSE
+_JSON = json.JSONDecoder()
 
 
 class ChoiceBuilder:
@@ -26,8 +27,10 @@ class ChoiceBuilder:
         self.all_logprobs: list[dict] = []
         self.held: list[dict] = []  # logprobs of text not sent yet
         self.unsent = ""
-        self.call_head: int | None = None  # where a streamed call's arguments start
-        self.args_sent = 0
+        self.call_head: int | None = None  # where the streamed call's arguments start
+        self.args_sent = 0  # chars of its arguments sent
+        self.next_call = 0  # where the next call may start
+        self.n_calls = 0  # calls begun
         self.mode: str | None = None if tools else "text"  # "text" | "call", once the answer shows
         self.last: dict = {}
 
@@ -40,7 +43,7 @@ class ChoiceBuilder:
 
     def whole(self, out: dict) -> Choice:
         """The complete choice from a finished generation."""
-        calls = parse_tool_calls(out["text"]) if self.tools else None
+        calls = parse_tool_calls(out["text"], out["finish_reason"] == "length") if self.tools else None
         logprobs = CompletionLogprobs(self.texts).render(out["logprobs"]) if (
             self.logprobs and self.endpoint == "completions") else self._render(out["logprobs"])
         if calls is not None:
@@ -65,23 +68,34 @@ class ChoiceBuilder:
         return self._call_deltas(out["finish_reason"]) if self.mode == "call" else []
 
     def _call_deltas(self, finish: str | None) -> list[Choice]:
-        """A call streams as OpenAI streams one: a first delta with its id and name, then the
-        arguments' JSON text in pieces, then the finish (the grammar fixes the call's layout)."""
+        """Calls stream as OpenAI streams them: for each (its `index` in the message), a first
+        delta with its id and name, then the arguments' JSON text in pieces; then the finish. The
+        grammar fixes a call's layout, and its arguments end where their JSON object closes."""
         so_far, sent = "".join(self.parts), []
-        if self.call_head is None and (head := CALL_HEAD.match(so_far)):
-            self.call_head = head.end()
-            sent.append(Choice(self.index, tool_calls=[{
-                "id": new_call_id(), "type": "function",
-                "function": {"name": json.loads(head[1]), "arguments": ""}}]))
-        if self.call_head is not None:
-            end = len(so_far) - len(CALL_TAIL) if not finish or so_far.endswith(CALL_TAIL) else len(so_far)
+        while True:
+            if self.call_head is None:
+                if not (head := CALL_HEAD.match(so_far, self.next_call)):
+                    break
+                self.call_head, self.args_sent = head.end(), 0
+                sent.append(Choice(self.index, tool_calls=[{
+                    "index": self.n_calls, "id": new_call_id(), "type": "function",
+                    "function": {"name": json.loads(head[1]), "arguments": ""}}]))
+                self.n_calls += 1
+            try:
+                end, done = _JSON.raw_decode(so_far, self.call_head)[1], True
+            except json.JSONDecodeError:
+                end, done = len(so_far), False
             if piece := so_far[self.call_head + self.args_sent:end]:
-                sent.append(Choice(self.index, tool_calls=[{"function": {"arguments": piece}}]))
+                sent.append(Choice(self.index, tool_calls=[{"index": self.n_calls - 1,
+                                                            "function": {"arguments": piece}}]))
                 self.args_sent += len(piece)
+            if not done:
+                break
+            self.call_head, self.next_call = None, end + len(CALL_TAIL)
         if not finish:
             return sent
         whole = self.final()
-        if self.call_head is None:  # it never became a call (cut by max_tokens): send the text
+        if not self.n_calls:  # it never became a call (cut by max_tokens): send the text
             return [Choice(self.index, whole.text, whole.finish, whole.logprobs)]
         return [*sent, Choice(self.index, finish=whole.finish, logprobs=whole.logprobs)]
 

@@ -165,7 +165,7 @@ class Ingress:
         params = {"max_tokens": max_tokens, "temperature": req.temperature, "top_p": req.top_p,
                   "stop": req.stop_list(), "ignore_eos": req.ignore_eos,
                   "presence_penalty": req.presence_penalty, "frequency_penalty": req.frequency_penalty,
-                  "logit_bias": bias, "logprobs": top, "grammar": structure.grammar}
+                  "logit_bias": bias, "logprobs": top, **structure.params()}
         return [(ids, [{**params, "seed": None if req.seed is None else req.seed + j}
                        for j in range(req.n)]) for ids in prompt_ids]
 

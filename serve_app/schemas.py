@@ -147,7 +147,7 @@ class ChatCompletionRequest(SamplingFields):
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None  # accepted; one call per answer is generated
+    parallel_tool_calls: bool | None = None  # None: true, as OpenAI; false: exactly one call
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:

@@ -5,6 +5,11 @@ Tool calls use the Hermes convention that chatml models know: the assistant answ
 `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`; results come back as `tool` messages.
 With tool_choice "auto" the grammar is `call | text`, and text may not start with "<", so the first
 token decides (and a stream knows at once whether it is streaming text or a call).
+
+Parallel tool calls (OpenAI's `parallel_tool_calls`, true unless false) are one call or more, one
+a line. This model, free to add calls, tends to repeat the ones it made: a call that repeats an
+earlier one ends the answer before it (the engine's stop_at_repeat), so it costs the tokens of
+one repeated call at most; `parallel_tool_calls: false` allows exactly one call.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 class Structure:
     grammar: str | None = None  # what the engine constrains the answer to; None: free text
     tools: tuple[Tool, ...] = ()  # the functions the answer may call
+    parallel: bool = False  # several calls in one answer
+
+    def params(self) -> dict:
+        """What the engine needs to know (SamplingParams fields)."""
+        return {"grammar": self.grammar, "stop_at_repeat": CALL_CLOSE if self.parallel else None}
 
 
 def structure_for(req: ChatCompletionRequest) -> Structure:
@@ -42,15 +52,17 @@ def structure_for(req: ChatCompletionRequest) -> Structure:
             raise APIError(400, f"tool_choice names {choice.function.name!r}, which is not in tools",
                            "tool_choice")
     calls = {"anyOf": [_call_schema(t) for t in tools], "x-guidance": JSON_OPTIONS}
+    parallel = req.parallel_tool_calls is not False
     call = f'call: "{CALL_OPEN}" %json {json.dumps(calls)} "{CALL_CLOSE}"'
+    call += '\ncalls: call ("\\n" call)*' if parallel else "\ncalls: call"
     if choice in ("required",) or not isinstance(choice, str):
-        lark = f"start: call\n{call}\n"
+        lark = f"start: calls\n{call}\n"
     elif text_schema is not None:  # auto, and a text answer must be JSON
         schema = {**(text_schema[0] or {"type": "object"}), "x-guidance": JSON_OPTIONS}
-        lark = f"start: call | answer\nanswer: %json {json.dumps(schema)}\n{call}\n"
+        lark = f"start: calls | answer\nanswer: %json {json.dumps(schema)}\n{call}\n"
     else:
-        lark = f"start: call | TEXT\n{call}\nTEXT: /[^<][\\s\\S]*/\n"
-    return Structure(_compile(lambda: lark_grammar(lark), "tools"), tools)
+        lark = f"start: calls | TEXT\n{call}\nTEXT: /[^<][\\s\\S]*/\n"
+    return Structure(_compile(lambda: lark_grammar(lark), "tools"), tools, parallel)
 
 
 def _format_schema(req: ChatCompletionRequest) -> tuple[dict | None, bool] | None:
@@ -105,17 +117,30 @@ def tools_prompt(tools: tuple[Tool, ...]) -> str:
 
 
 # -- the answer ----------------------------------------------------------------------------
-def parse_tool_calls(text: str) -> list[dict] | None:
-    """OpenAI tool_calls from an answer that is a call; None for a text answer."""
-    body = text.strip()
-    if not (body.startswith(CALL_OPEN) and body.endswith(CALL_CLOSE)):
-        return None
-    try:
-        call = json.loads(body[len(CALL_OPEN):-len(CALL_CLOSE)])
-    except json.JSONDecodeError:
-        return None
-    return [{"id": new_call_id(), "type": "function",
-             "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}]
+def parse_tool_calls(text: str, cut: bool = False) -> list[dict] | None:
+    """OpenAI tool_calls from an answer that is one call or more; None for a text answer. cut (by
+    max_tokens): the calls that were finished, if any."""
+    calls, at = [], _skip_space(text, 0)
+    while at < len(text):
+        if not text.startswith(CALL_OPEN, at):
+            break
+        try:  # the JSON object ends the call, whatever its strings hold
+            call, end = _JSON.raw_decode(text, at + len(CALL_OPEN))
+        except json.JSONDecodeError:
+            break
+        if not (isinstance(call, dict) and text.startswith(CALL_CLOSE, end)):
+            break
+        at = _skip_space(text, end + len(CALL_CLOSE))
+        calls.append({"id": new_call_id(), "type": "function",
+                      "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}})
+    return calls if calls and (at == len(text) or cut) else None
+
+
+_JSON = json.JSONDecoder()
+
+
+def _skip_space(text: str, at: int) -> int:
+    return len(text) - len(text[at:].lstrip())
 
 
 def new_call_id() -> str:

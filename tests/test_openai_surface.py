@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import jsonschema
 import pytest
+from langchain_openai import ChatOpenAI
 from openai import BadRequestError, OpenAI
 from pydantic import BaseModel
 
@@ -18,7 +19,12 @@ WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
                    "required": ["city"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "The local time in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                   "required": ["city"], "additionalProperties": False}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+PARIS = "Describe Paris as JSON with keys name, country, population."
 
 
 class City(BaseModel):
@@ -35,7 +41,7 @@ def client(serve_url) -> OpenAI:
 def test_parse_returns_a_pydantic_object(client):
     r = client.beta.chat.completions.parse(
         model=CHAT, temperature=0, max_tokens=60, response_format=City,
-        messages=[{"role": "user", "content": "Describe Paris as JSON with keys name, country, population."}])
+        messages=[{"role": "user", "content": PARIS}])
     choice = r.choices[0]
     assert choice.finish_reason == "stop"
     assert isinstance(choice.message.parsed, City) and choice.message.parsed.name
@@ -125,7 +131,8 @@ def _id_of(client, entry) -> int:
 
 
 def test_tool_call_round_trip(client):
-    r = client.chat.completions.create(model=CHAT, temperature=0, max_tokens=40, messages=ASK,
+    # parallel calls (the default) cost the tokens of one repeated call at most: 80, not 40
+    r = client.chat.completions.create(model=CHAT, temperature=0, max_tokens=80, messages=ASK,
                                        tools=[WEATHER], tool_choice="required")
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
@@ -138,7 +145,7 @@ def test_tool_call_round_trip(client):
                                             tools=[WEATHER], tool_choice="none")
     assert answer.choices[0].message.content and answer.choices[0].message.tool_calls is None
     chunks = list(client.chat.completions.create(
-        model=CHAT, temperature=0, max_tokens=40, messages=ASK, tools=[WEATHER], stream=True,
+        model=CHAT, temperature=0, max_tokens=80, messages=ASK, tools=[WEATHER], stream=True,
         tool_choice={"type": "function", "function": {"name": "get_weather"}}))
     calls = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls
              for tc in c.choices[0].delta.tool_calls]
@@ -148,13 +155,37 @@ def test_tool_call_round_trip(client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
+def test_parallel_tool_calls_each_valid_streamed_with_their_index(client):
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+    kwargs = dict(model=CHAT, temperature=0, max_tokens=120, tools=[WEATHER, TIME], tool_choice="required",
+                  messages=[{"role": "user", "content": "What is the weather in Paris and in London?"}],
+                  extra_headers={"Cache-Control": "no-store"})  # the stream is generated, not replayed
+    choice = client.chat.completions.create(**kwargs).choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls]
+    assert len(calls) >= 2 and len({json.dumps(c) for c in calls}) == len(calls)  # several, none repeated
+    for name, arguments in calls:
+        jsonschema.validate(arguments, schemas[name])
+    assert len({c.id for c in choice.message.tool_calls}) == len(calls)
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    pieces = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls
+              for tc in c.choices[0].delta.tool_calls]
+    streamed = [(next(p.function.name for p in pieces if p.index == i and p.id),
+                 json.loads("".join(p.function.arguments or "" for p in pieces if p.index == i)))
+                for i in sorted({p.index for p in pieces})]
+    assert streamed == calls
+    one = client.chat.completions.create(**kwargs, parallel_tool_calls=False).choices[0]
+    assert one.finish_reason == "tool_calls" and len(one.message.tool_calls) == 1
+
+
 def test_tool_choice_auto_gives_text_or_a_valid_call(client):
     for question in ["What is the weather in Paris?", "Write one word."]:
-        c = client.chat.completions.create(model=CHAT, temperature=0, max_tokens=40, tools=[WEATHER],
+        c = client.chat.completions.create(model=CHAT, temperature=0, max_tokens=80, tools=[WEATHER],
                                            messages=[{"role": "user", "content": question}]).choices[0]
-        if c.finish_reason == "tool_calls":
-            jsonschema.validate(json.loads(c.message.tool_calls[0].function.arguments),
-                                WEATHER["function"]["parameters"])
+        if c.message.tool_calls:  # finish "tool_calls", or "length" with the calls it finished
+            assert c.finish_reason in ("tool_calls", "length") and c.message.content is None
+            for call in c.message.tool_calls:
+                jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
         else:
             assert c.message.content and c.message.tool_calls is None
 
@@ -203,3 +234,39 @@ def test_bad_structured_requests_are_400_naming_the_field(serve_url, body, param
 def test_bad_request_through_the_client(client):
     with pytest.raises(BadRequestError):
         client.chat.completions.create(model=CHAT, messages=ASK, tool_choice="required")
+
+
+@pytest.fixture(scope="module")
+def langchain_chat(serve_url) -> ChatOpenAI:
+    return ChatOpenAI(base_url=f"{serve_url}/v1", api_key="unused", model=CHAT, temperature=0,
+                      max_tokens=60, max_retries=0, timeout=120)
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])  # response_format, tools
+def test_langchain_with_structured_output(langchain_chat, method):
+    structured = langchain_chat.with_structured_output(City, method=method)
+    city = structured.invoke(PARIS)
+    assert isinstance(city, City) and city.name
+    *_, streamed = structured.stream(PARIS)  # LangChain parses the streamed deltas itself
+    assert streamed == city
+
+
+def test_langchain_json_mode_gives_a_dict(langchain_chat):
+    # json_object constrains to JSON, not to a schema: LangChain hands back the parsed object
+    answer = langchain_chat.with_structured_output(method="json_mode").invoke(PARIS)
+    assert isinstance(answer, dict)
+
+
+def test_langchain_gathers_parallel_tool_calls_streamed_and_not(langchain_chat):
+    roomy = langchain_chat.model_copy(update={"max_tokens": 120})  # two calls and the repeat that ends them
+    chat = roomy.bind_tools([WEATHER, TIME], tool_choice="required")
+    question = "What is the weather in Paris and in London?"
+    answer = chat.invoke(question)
+    calls = [(c["name"], c["args"]) for c in answer.tool_calls]
+    assert answer.response_metadata["finish_reason"] == "tool_calls" and len(calls) >= 2
+    assert all(name in ("get_weather", "get_time") for name, _ in calls)
+    chunks = list(chat.stream(question))
+    gathered = chunks[0]
+    for chunk in chunks[1:]:
+        gathered += chunk  # LangChain joins the pieces of each call by its index
+    assert [(c["name"], c["args"]) for c in gathered.tool_calls] == calls

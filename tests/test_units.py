@@ -37,6 +37,20 @@ def test_held_back_text_is_released_when_it_cannot_be_a_stop():
     assert out == "STx" and not d.stopped
 
 
+def test_a_segment_repeating_an_earlier_one_stops_before_it_and_is_never_released():
+    d = StreamDecoder(CharTokenizer(), repeat_end="</c>")
+    out = "".join(feed(d, "<c>a</c>\n<c>b</c>\n<c>a</"))
+    assert out == "<c>a</c>\n<c>b</c>\n" and not d.stopped  # "<c>a</" held back: it may repeat
+    out += d.push(ord("c")) + d.push(ord(">"))
+    assert d.stopped and out == d.text == "<c>a</c>\n<c>b</c>\n"
+
+
+def test_a_segment_that_only_begins_like_an_earlier_one_is_released():
+    d = StreamDecoder(CharTokenizer(), repeat_end="</c>")
+    out = "".join(feed(d, "<c>ab</c><c>a")) + d.push(ord("c"))
+    assert out == "<c>ab</c><c>ac" and not d.stopped
+
+
 def test_partial_utf8_waits_for_the_whole_character():
     d = StreamDecoder(CharTokenizer())
     e_acute = "é".encode()

@@ -22,6 +22,8 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); a dict is accepted
     logprobs: int | None = None  # alternatives reported per token (0-20); None: no logprobs
     grammar: str | None = None  # llguidance grammar the output must match (core.llm.constraint)
+    # the text ending a segment (a tool call); a segment repeating an earlier one stops the output
+    stop_at_repeat: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.logit_bias, dict):

@@ -38,7 +38,7 @@ class TextGenerator:
         self.chat.check_fits(prompt_ids)
         params = replace(params, max_tokens=min(params.max_tokens,
                                                 self.chat.context_length - len(prompt_ids)))
-        decoder = StreamDecoder(self.chat.tokenizer, params.stop)
+        decoder = StreamDecoder(self.chat.tokenizer, params.stop, params.stop_at_repeat)
         produced = 0
         for token in generate(self.runner, prompt_ids, params, self.chat.stop_ids):
             produced += 1

@@ -147,8 +147,8 @@ class LLMEngine:
             raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens; this deployment's "
                                 f"limit is {self.max_seq_len - 1}")
         params = replace(params, max_tokens=min(params.max_tokens, self.max_seq_len - len(prompt_ids)))
-        seq = Sequence(prompt_ids, params, StreamDecoder(self.chat.tokenizer, params.stop), on_output,
-                       tenant=tenant)
+        decoder = StreamDecoder(self.chat.tokenizer, params.stop, params.stop_at_repeat)
+        seq = Sequence(prompt_ids, params, decoder, on_output, tenant=tenant)
         if params.grammar is not None:
             seq.constraint = self.grammar_tokenizer.matcher(params.grammar)
         if timeout_s is not None:
