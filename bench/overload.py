@@ -199,7 +199,7 @@ async def main_async(args: argparse.Namespace) -> None:
     from serve_app.app import build_graph
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     capped = 10
     served = served_args()
     base = served | {"llm_variant": args.variant or served["llm_variant"],
@@ -213,7 +213,7 @@ async def main_async(args: argparse.Namespace) -> None:
         name = "overload" if early else "overload-late"
         serve.run(build_graph(base | {"early_refusal": early}, llm_options=llm_options), name=name,
                   route_prefix=f"/{name}")
-        url = f"http://127.0.0.1:{PORT}/{name}"
+        url = f"http://127.0.0.1:{args.port}/{name}"
         records += await flood(url, args.requests, args.concurrency, args.max_tokens,
                                "flood" if early else "flood (no early refusal)")
         if early:
@@ -259,6 +259,7 @@ def main() -> None:
     ap.add_argument("--variant", default=None, help="default: configs/local.yaml's llm_variant")
     ap.add_argument("--small", action="store_true", help="40 at 20, 24 in flight, 3 questions, 20 s")
     ap.add_argument("--out", default="overload")
+    ap.add_argument("--port", type=int, default=PORT)
     args = ap.parse_args()
     if args.small:
         args.requests, args.concurrency, args.in_flight, args.questions, args.seconds = 40, 20, 24, 3, 20

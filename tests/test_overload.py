@@ -100,7 +100,10 @@ def test_quota_answers_429_at_once_and_other_keys_are_unaffected(admission_url):
     err = over.json()["error"]
     assert over.status_code == 429 and err["code"] == "rate_limit_exceeded" and err["type"] == "requests"
     assert int(over.headers["retry-after"]) >= 1
+    # decided from the headers, before the body is read: even a malformed one is a 429
+    assert post(admission_url, {"model": CHAT}, "sk-capped").status_code == 429
     assert post(admission_url, body(2), "sk-light").status_code == 200
+    assert post(admission_url, body(2), "sk-wrong").status_code == 401  # bad keys reach the route
 
 
 def test_token_quota_counts_prompt_and_max_tokens(admission_url):
