@@ -10,6 +10,7 @@
 
     python -m bench.overload                # writes bench/results/overload.{json,md,png}
     python -m bench.overload --small        # a quick check: 40 at 20, 24 in flight, 20 s
+    python -m bench.overload --llm-nice 0 --out overload_nice0   # the model at the front's priority
 
 The app is configs/local.yaml's graph and args (engine defaults: 16 slots, max_queue_wait_s 10;
 its variant, spinning and llm_nice) with two API keys and a capped third one; the response cache
@@ -206,6 +207,8 @@ async def main_async(args: argparse.Namespace) -> None:
                      "engine": served.get("engine", {}) | {"max_queue_wait_s": args.max_queue_wait_s},
                      "cache": {"enabled": False}, "api_keys": KEYS,
                      "quotas": {"capped": {"requests_per_min": capped}}}
+    if args.llm_nice is not None:
+        base["llm_nice"] = args.llm_nice
     # configs/local.yaml's limits on the LLM deployment
     llm_options = {"max_ongoing_requests": 80, "max_queued_requests": 32}
     records: list[Record] = []
@@ -260,6 +263,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="40 at 20, 24 in flight, 3 questions, 20 s")
     ap.add_argument("--out", default="overload")
     ap.add_argument("--port", type=int, default=PORT)
+    ap.add_argument("--llm-nice", type=int, default=None, help="default: configs/local.yaml's "
+                    "llm_nice (0 shows what the model's lower CPU priority buys)")
     args = ap.parse_args()
     if args.small:
         args.requests, args.concurrency, args.in_flight, args.questions, args.seconds = 40, 20, 24, 3, 20
