@@ -10,10 +10,13 @@
 
     python -m bench.overload                # writes bench/results/overload.{json,md,png}
     python -m bench.overload --small        # a quick check: 40 at 20, 24 in flight, 20 s
+    python -m bench.overload --llm-nice 0 --out overload_nice0   # the model at the front's priority
 
-The app is configs/local.yaml's graph (engine defaults: 16 slots, max_queue_wait_s 10) with two
-API keys and a capped third one; the response cache is off (every request would be no-store).
-Figures taken on a machine busy with other work are provisional.
+The app is configs/local.yaml's graph and args (engine defaults: 16 slots, max_queue_wait_s 10;
+its variant, spinning and llm_nice) with two API keys and a capped third one; the response cache
+is off (every request would be no-store). The client is aiohttp: on the same 2 cores, httpx's
+async client spent ~15 ms of CPU per request at 200 connections (aiohttp ~0.4 ms), taking the
+cores the server's refusals need. Figures taken on a machine busy with other work are provisional.
 """
 
 from __future__ import annotations
@@ -28,12 +31,11 @@ from dataclasses import asdict, dataclass
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-import httpx  # noqa: E402
-
-from core.build.artifacts import SERVED_VARIANT  # noqa: E402
+import aiohttp  # noqa: E402
 
 from .common import RESULTS, machine, markdown_table, write  # noqa: E402
 from .loadgen import percentile  # noqa: E402
+from .peer import served_args  # noqa: E402
 
 CHAT = "smollm2-135m-instruct"
 PORT = 8767
@@ -64,7 +66,12 @@ def error_code(raw: bytes, status: int) -> str:
         return f"http_{status}"
 
 
-async def one(client: httpx.AsyncClient, url: str, key: str, scenario: str, t0: float,
+def session(connections: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections + 8),
+                                 timeout=aiohttp.ClientTimeout(total=600))
+
+
+async def one(client: aiohttp.ClientSession, url: str, key: str, scenario: str, t0: float,
               prompt: str, max_tokens: int) -> Record:
     rec = Record(scenario, key, time.perf_counter() - t0)
     start = time.perf_counter()
@@ -72,12 +79,13 @@ async def one(client: httpx.AsyncClient, url: str, key: str, scenario: str, t0: 
             "stream": True, "stream_options": {"include_usage": True}}
     headers = {"Authorization": f"Bearer {key}", "Cache-Control": "no-store"}
     try:
-        async with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as r:
-            rec.status = r.status_code
-            if r.status_code != 200:
-                rec.code = error_code(await r.aread(), r.status_code)
+        async with client.post(f"{url}/v1/chat/completions", json=body, headers=headers) as r:
+            rec.status = r.status
+            if r.status != 200:
+                rec.code = error_code(await r.read(), r.status)
             else:
-                async for line in r.aiter_lines():
+                async for raw in r.content:  # one SSE line at a time
+                    line = raw.decode().strip()
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     event = json.loads(line[6:])
@@ -90,15 +98,14 @@ async def one(client: httpx.AsyncClient, url: str, key: str, scenario: str, t0: 
                         rec.finish = choice.get("finish_reason") or rec.finish
                     if event.get("usage"):
                         rec.tokens = event["usage"]["completion_tokens"]
-    except httpx.HTTPError as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         rec.code = f"transport_{type(exc).__name__}"
     rec.latency_s = time.perf_counter() - start
     return rec
 
 
 async def flood(url: str, n: int, concurrency: int, max_tokens: int, label: str) -> list[Record]:
-    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    async with session(concurrency) as client:
         gate = asyncio.Semaphore(concurrency)
         t0 = time.perf_counter()
 
@@ -111,8 +118,7 @@ async def flood(url: str, n: int, concurrency: int, max_tokens: int, label: str)
 
 async def fairness(url: str, in_flight: int, questions: int, max_tokens: int,
                    seconds: float) -> list[Record]:
-    limits = httpx.Limits(max_connections=in_flight + 8, max_keepalive_connections=in_flight + 8)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    async with session(in_flight) as client:
         t0 = time.perf_counter()
         stop = asyncio.Event()
         records: list[Record] = []
@@ -134,7 +140,7 @@ async def fairness(url: str, in_flight: int, questions: int, max_tokens: int,
 
 
 async def quota(url: str, capped_per_min: int) -> list[Record]:
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with session(32) as client:
         t0 = time.perf_counter()
         capped = [one(client, url, "sk-bench-capped", "quota", t0, SHORT, 8)
                   for _ in range(capped_per_min + 5)]
@@ -194,11 +200,15 @@ async def main_async(args: argparse.Namespace) -> None:
     from serve_app.app import build_graph
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     capped = 10
-    base = {"device": "cpu", "llm_variant": args.variant, "llm_spinning": False,
-            "engine": {"max_queue_wait_s": args.max_queue_wait_s}, "cache": {"enabled": False},
-            "api_keys": KEYS, "quotas": {"capped": {"requests_per_min": capped}}}
+    served = served_args()
+    base = served | {"llm_variant": args.variant or served["llm_variant"],
+                     "engine": served.get("engine", {}) | {"max_queue_wait_s": args.max_queue_wait_s},
+                     "cache": {"enabled": False}, "api_keys": KEYS,
+                     "quotas": {"capped": {"requests_per_min": capped}}}
+    if args.llm_nice is not None:
+        base["llm_nice"] = args.llm_nice
     # configs/local.yaml's limits on the LLM deployment
     llm_options = {"max_ongoing_requests": 80, "max_queued_requests": 32}
     records: list[Record] = []
@@ -206,7 +216,7 @@ async def main_async(args: argparse.Namespace) -> None:
         name = "overload" if early else "overload-late"
         serve.run(build_graph(base | {"early_refusal": early}, llm_options=llm_options), name=name,
                   route_prefix=f"/{name}")
-        url = f"http://127.0.0.1:{PORT}/{name}"
+        url = f"http://127.0.0.1:{args.port}/{name}"
         records += await flood(url, args.requests, args.concurrency, args.max_tokens,
                                "flood" if early else "flood (no early refusal)")
         if early:
@@ -230,7 +240,8 @@ async def main_async(args: argparse.Namespace) -> None:
     table = markdown_table(["group"] + cols, [[name] + [fmt(s[c]) for c in cols]
                                               for name, s in summary.items()])
     config = {k: getattr(args, k) for k in ("requests", "concurrency", "max_tokens", "in_flight",
-                                             "questions", "seconds", "variant", "max_queue_wait_s")}
+                                             "questions", "seconds", "max_queue_wait_s")}
+    config |= {k: base[k] for k in ("llm_variant", "llm_spinning", "llm_nice") if k in base}
     head = (f"# Overload ({'small check' if args.small else 'full run'})\n\n{json.dumps(config)}\n\n"
             "Refusal = time to a 503/429; TTFT of accepted requests. Figures from a busy machine "
             "are provisional.\n\n")
@@ -248,9 +259,12 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=6, help="key B's short questions, one at a time")
     ap.add_argument("--seconds", type=float, default=60, help="fairness scenario length")
     ap.add_argument("--max-queue-wait-s", type=float, default=10.0)
-    ap.add_argument("--variant", default=SERVED_VARIANT)
+    ap.add_argument("--variant", default=None, help="default: configs/local.yaml's llm_variant")
     ap.add_argument("--small", action="store_true", help="40 at 20, 24 in flight, 3 questions, 20 s")
     ap.add_argument("--out", default="overload")
+    ap.add_argument("--port", type=int, default=PORT)
+    ap.add_argument("--llm-nice", type=int, default=None, help="default: configs/local.yaml's "
+                    "llm_nice (0 shows what the model's lower CPU priority buys)")
     args = ap.parse_args()
     if args.small:
         args.requests, args.concurrency, args.in_flight, args.questions, args.seconds = 40, 20, 24, 3, 20

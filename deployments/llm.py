@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from ray import serve
@@ -29,6 +31,20 @@ from .draft import DraftClient
 from .models import built_variant_dir
 
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
+
+
+def on_niced_thread(nice: int, build: Callable[[], None]) -> None:
+    """Run `build` on a thread of lower CPU priority: the threads it starts (ONNX Runtime's
+    pools, the engine's stepping thread) inherit it (Linux: nice is per thread), while the
+    replica's event loop keeps its own. On cores shared with the HTTP proxy and the ingress, the
+    model then yields to them: a refusal or a streamed token is not queued behind a decode step."""
+    def run() -> None:
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        build()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(run).result()
 
 
 class EngineMetrics:
@@ -117,7 +133,18 @@ class LLMDeployment:
     def __init__(self, variant: str = SERVED_VARIANT, threads: int | None = None,
                  spinning: bool | Literal["within_run"] = False,
                  device: str = "auto", engine: dict | None = None,
-                 draft_deployment: DeploymentHandle | None = None, stream_interval_ms: float = 0.0) -> None:
+                 draft_deployment: DeploymentHandle | None = None, stream_interval_ms: float = 0.0,
+                 nice: int = 0) -> None:
+        self.metrics = EngineMetrics()
+        on_niced_thread(nice, lambda: self._build(variant, threads, spinning, device, engine,
+                                                  draft_deployment, stream_interval_ms))
+        # The grammar tokenizer takes ~1 s: build it now, off the event loop, not on the first
+        # constrained request.
+        threading.Thread(target=lambda: self.engine.grammar_tokenizer, daemon=True).start()
+
+    def _build(self, variant: str, threads: int | None, spinning: bool | Literal["within_run"],
+               device: str, engine: dict | None, draft_deployment: DeploymentHandle | None,
+               stream_interval_ms: float) -> None:
         args = EngineConfig(**(engine or {}))
         self.stream_interval_s = stream_interval_ms / 1000
         local_draft = args.speculative == "model" and args.draft_placement == "replica"
@@ -136,12 +163,8 @@ class LLMDeployment:
                 raise ValueError("draft_placement 'deployment' needs the DraftDeployment's handle")
             draft = DraftClient(draft_deployment)
         self.engine = LLMEngine(generator.runner, generator.chat, args, draft)
-        self.metrics = EngineMetrics()
         self.engine.on_step = self._on_step
         self.engine.start()
-        # The grammar tokenizer takes ~1 s: build it now, off the event loop, not on the first
-        # constrained request.
-        threading.Thread(target=lambda: self.engine.grammar_tokenizer, daemon=True).start()
 
     def _on_step(self, step: StepStats) -> None:
         self.metrics.record(step)

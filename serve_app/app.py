@@ -35,6 +35,11 @@ class AppArgs(BaseModel):
         False, description="ORT thread spinning; 'within_run' spins during a model step and parks "
                            "the threads after it, leaving the cores to Ray between steps. Always: "
                            "~1.4x at batch 1 on cores of its own, 2x slower when anything shares them")
+    llm_nice: int = Field(0, ge=0, le=19, description="the LLM replica's model threads run this much "
+                          "nicer (lower CPU priority): on shared cores the HTTP proxy and ingress "
+                          "go first, so refusals and streamed tokens are not stuck behind decode. "
+                          "Ray starts workers at nice 15 (RAY_worker_niceness), the kernel caps at "
+                          "19: any value >= 4 puts the model at 19, the front keeping 2.4x its weight")
     stream_interval_ms: float = Field(0.0, ge=0, le=1000, description="streamed tokens are sent at most "
                                       "this often (the first at once): fewer, larger SSE chunks cost "
                                       "Ray/HTTP less CPU per token; 0 sends each token as it comes")
@@ -73,7 +78,7 @@ def build_graph(args: dict, llm_options: dict | None = None,
     llm = llm.bind(variant=cfg.llm_variant, threads=cfg.llm_threads,
                              spinning=cfg.llm_spinning, device=cfg.device,
                              engine=cfg.engine.model_dump(), draft_deployment=draft,
-                             stream_interval_ms=cfg.stream_interval_ms)
+                             stream_interval_ms=cfg.stream_interval_ms, nice=cfg.llm_nice)
     embedder = EmbedderDeployment.options(**(embedder_options or {})).bind(
         threads=cfg.embedder_threads, device=cfg.device)
     cache = CacheDeployment.bind(embedder, cfg.cache.model_dump()) if cfg.cache.enabled else None

@@ -35,7 +35,7 @@ from .errors import (
 from .logprobs import TokenTexts
 from .merged_streams import merged
 from .openai_format import Endpoint, Reply, sse, usage
-from .overload import IngressMetrics, LoadView
+from .overload import EarlyRefusal, IngressMetrics, LoadView
 from .quotas import QuotaArgs, Quotas
 from .response_cache import CachePlan, Lookup, ResponseCacheClient
 from .schemas import (
@@ -51,6 +51,7 @@ from .structured import Structure, chat_messages, structure_for
 logger = logging.getLogger("ray.serve")
 app = FastAPI(title="effserve", description="Efficient LLM and embedding inference on Ray Serve")
 install_error_handlers(app)
+app.add_middleware(EarlyRefusal)  # outermost: refusals before the body is read
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,23 @@ class Ingress:
         self.token_texts = TokenTexts(self.chat.tokenizer)
 
     # -- generation, cached or not -----------------------------------------------------------
+    def admit(self, authorization: str | None) -> None:
+        """Refusals first, from the headers alone (EarlyRefusal calls it before FastAPI parses
+        the body): the key's quota (429), then the engine's expected wait for its tenant (503).
+        A missing or bad key passes here: the route answers it 401."""
+        arrived = time.perf_counter()
+        try:
+            tenant = tenant_for(authorization, self.keys)
+        except APIError:
+            return
+        try:
+            self.quotas.admit(tenant)
+            self.load.check(tenant)
+        except APIError as exc:
+            self.metrics.refused("quota" if exc.status == 429 else "expected_wait_early",
+                                 time.perf_counter() - arrived)
+            raise
+
     async def _generation(self, request: Request, endpoint: Endpoint, req: SamplingFields,
                           prompts: Callable[[], list[str]], max_tokens: int, param: str,
                           structure: Structure | None = None):
@@ -105,14 +123,7 @@ class Ingress:
         tenant = tenant_for(request.headers.get("authorization"), self.keys)
         if req.model != LLM_ID:
             raise model_not_found(req.model, LLM_ID)
-        timeout_s = _timeout(request)
-        try:  # refusals first: before tokenization, templates, cache work or a hop
-            self.quotas.admit(tenant)
-            self.load.check(tenant)
-        except APIError as exc:
-            self.metrics.refused("quota" if exc.status == 429 else "expected_wait_early",
-                                 time.perf_counter() - arrived)
-            raise
+        timeout_s = _timeout(request)  # quota and early refusal: `admit`, before the body was read
         prompt_ids = [self._tokenize(p, param) for p in prompts()]
         budget = max_tokens * req.n * len(prompt_ids)  # every choice may use all of max_tokens
         prompt_tokens = sum(len(ids) for ids in prompt_ids)

@@ -10,6 +10,10 @@ taken count too, each as the engine would count a waiting sequence (its max_toke
 steps, spread over the slots): a burst arriving within one poll is refused here, not one by one
 at the engine. With several LLM replicas, each
 poll reads one replica (Serve's router picks): the engine stays the authority.
+
+The check runs in `EarlyRefusal`, a plain ASGI middleware in front of FastAPI: a refusal is
+decided from the headers alone (key -> tenant, its quota, this view), without FastAPI's routing,
+body parsing and validation, which were about half of the ingress' CPU per refusal.
 """
 
 from __future__ import annotations
@@ -19,12 +23,16 @@ import contextlib
 import logging
 import time
 
+from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.llm.engine.admission import retry_after_s
 
-from .errors import APIError
+from .errors import APIError, error_response
+
+GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 POLL_S = 0.25
 STALE_S = 1.0  # an older view is not trusted to refuse
@@ -89,3 +97,24 @@ class LoadView:
                 self.snapshot, self.at = snapshot, time.monotonic()
             await asyncio.sleep(POLL_S)
         self.snapshot = None
+
+
+class EarlyRefusal:
+    """ASGI middleware: a generation request the ingress would refuse (quota: 429, expected
+    wait: 503, see `Ingress.admit`) is answered before FastAPI reads its body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(GENERATION_PATHS):
+            authorization = next((v.decode("latin-1") for k, v in scope["headers"]
+                                  if k == b"authorization"), None)
+            try:  # the Ingress replica this app runs in (how Serve's own routes find it)
+                serve.get_replica_context().servable_object.admit(authorization)
+            except APIError as exc:
+                response = error_response(exc.status, exc.message, exc.param, exc.code, exc.kind,
+                                          exc.headers)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

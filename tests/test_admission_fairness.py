@@ -14,7 +14,8 @@ from core.llm.engine.admission import (
     retry_after_s,
 )
 from core.llm.engine.fairness import FairQueue
-from core.llm.engine.sequence import Sequence
+from core.llm.engine.scheduler import Scheduler
+from core.llm.engine.sequence import Sequence, Status
 from core.llm.sampling import SamplingParams
 
 
@@ -146,6 +147,48 @@ def test_ahead_of_new_counts_own_queue_and_others_fair_share():
     q.append(seq("light"))
     assert len(q.ahead_of_new("light")) == 1 + 2
     assert len(q.ahead_of_new("flood")) == 10 + 1
+
+
+def decoding_flood(n_slots: int, waiting: int = 0) -> tuple[Scheduler, list[Sequence]]:
+    """A scheduler whose every slot decodes one tenant's ("flood") requests."""
+    sched = Scheduler(n_slots, 512)
+    for _ in range(n_slots + waiting):
+        sched.waiting.append(seq("flood"))
+    running = sched.admit()
+    for s in running:
+        s.status = Status.DECODING
+    return sched, running
+
+
+def test_a_tenant_below_its_share_takes_a_slot_from_the_flood_and_it_settles():
+    sched, running = decoding_flood(4, waiting=2)
+    assert sched.preemptions() == []  # one tenant: nothing to share
+    assert sched.entitled("light") and not sched.entitled("flood")
+    light = [seq("light") for _ in range(4)]
+    sched.waiting.append(light[0])
+    moves = sched.preemptions()
+    assert moves == [(running[-1], "light")]  # the flood's newest gives its slot up
+    assert sched.hand_over(*moves[0]) is light[0] and light[0].slot == 3
+    paused = running[-1]
+    assert paused.status is Status.WAITING and paused.slot == -1 and next(iter(sched.waiting)) is paused
+    light[0].status = Status.DECODING
+    assert sched.preemptions() == []  # settled: flood 3 >= its share 2, light 1 <= 2
+    for s in light[1:]:
+        sched.waiting.append(s)
+    moves = sched.preemptions()  # light is owed one more slot (2 of 4), not three
+    assert [(v.tenant, t) for v, t in moves] == [("flood", "light")]
+    sched.hand_over(*moves[0]).status = Status.DECODING
+    assert sched.preemptions() == [] and not sched.entitled("light")
+    held = [s.tenant for s in sched.active]
+    assert held.count("flood") == 2 and held.count("light") == 2
+
+
+def test_weights_set_the_shares_slots_are_handed_over_by():
+    sched, _ = decoding_flood(4)
+    sched.waiting.weights = {"flood": 3, "light": 1}
+    for _ in range(3):
+        sched.waiting.append(seq("light"))
+    assert len(sched.preemptions()) == 1  # light's share: 1 of 4
 
 
 def test_quota_buckets_refuse_with_retry_after_and_take_back_unused_tokens():

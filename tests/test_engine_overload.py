@@ -69,3 +69,28 @@ def test_full_queue_still_takes_a_tenant_below_its_even_split(generator):
     engine.add(ids(generator), LONG, lambda _: None, tenant="b")
     with pytest.raises(Overloaded):
         engine.add(ids(generator), LONG, lambda _: None, tenant="a")
+
+
+def test_light_tenant_gets_a_slot_from_the_flood_and_the_paused_one_resumes_unchanged(generator):
+    engine = make_engine(generator, max_waiting=8, max_queue_wait_s=2.0)
+    for _ in range(20):  # what it would have measured: 60 steps ~ 6 s
+        engine.speed.observe("decode", 2, 0.1)
+    params = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)
+    texts: dict[str, list[str]] = {"a0": [], "a1": [], "b": []}
+    flood = [engine.add(ids(generator), params, lambda o, k=f"a{i}": texts[k].append(o.text),
+                        tenant="a") for i in range(2)]
+    for _ in range(6):  # prefill, then a few tokens each
+        engine.step()
+    with pytest.raises(Overloaded):  # the flood's own next request waits for its slots
+        engine.add(ids(generator), params, lambda _: None, tenant="a")
+    assert engine.load()["expected_wait_s"]["*"] < 2.0  # another tenant: the slot is its share
+    light = engine.add(ids(generator), SamplingParams(max_tokens=4, temperature=0),
+                       lambda o: texts["b"].append(o.text), tenant="b")
+    engine.step()
+    assert light.slot >= 0 and flood[1].slot == -1  # the flood's newest gave its slot up
+    while not all(s.finished for s in flood + [light]):
+        engine.step()
+    assert light.first_token_at < min(s.last_token_at for s in flood)
+    # paused and resumed from the prefix cache: the same greedy text as its twin that kept its slot
+    assert "".join(texts["a1"]) == "".join(texts["a0"]) and len(flood[1].output_ids) == 60
+    assert engine.scheduler.free_slots == [0, 1] and not engine.scheduler.waiting

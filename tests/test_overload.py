@@ -100,7 +100,10 @@ def test_quota_answers_429_at_once_and_other_keys_are_unaffected(admission_url):
     err = over.json()["error"]
     assert over.status_code == 429 and err["code"] == "rate_limit_exceeded" and err["type"] == "requests"
     assert int(over.headers["retry-after"]) >= 1
+    # decided from the headers, before the body is read: even a malformed one is a 429
+    assert post(admission_url, {"model": CHAT}, "sk-capped").status_code == 429
     assert post(admission_url, body(2), "sk-light").status_code == 200
+    assert post(admission_url, body(2), "sk-wrong").status_code == 401  # bad keys reach the route
 
 
 def test_token_quota_counts_prompt_and_max_tokens(admission_url):
@@ -148,3 +151,17 @@ def test_light_key_gets_the_next_slot_not_the_back_of_the_flood(fair_url):
         assert light.result() == 200 and all(f.result() == 200 for f in flood)
     # FIFO would finish it after all 7; fair shares give it the first slot that frees
     assert done.index("sk-light") <= 3, done
+
+
+def test_light_key_is_accepted_and_answered_while_the_flood_holds_every_slot(admission_url):
+    with cf.ThreadPoolExecutor(4) as pool:
+        flood = [pool.submit(post, admission_url, body(200)) for _ in range(2)]
+        time.sleep(1.5)  # both slots decode the flood's 200 tokens each
+        assert post(admission_url, body(200)).status_code == 503  # its next would wait for them
+        light = post(admission_url, body(8), "sk-light")
+        # not a refusal, nor the back of the flood: a slot the flood gives up (paused, resumed)
+        assert light.status_code == 200 and light.json()["usage"]["completion_tokens"] == 8
+        assert not any(f.done() for f in flood)
+        for f in flood:  # accepted, never dropped: the paused one resumes to a full answer
+            assert f.result().status_code == 200
+            assert f.result().json()["usage"]["completion_tokens"] == 200

@@ -179,10 +179,17 @@ class LLMEngine:
                              retry_after_s(seq.expected_wait_s, max_wait), "expected_wait")
 
     def _expected_wait(self, tenant: str, prompt_tokens: int) -> float:
-        running = [Pending(len(s.prompt_ids) - s.n_cached if s.status is Status.PREFILLING else 0,
-                           s.params.max_tokens - len(s.output_ids)) for s in self.scheduler.active]
-        ahead = [Pending(len(s.prompt_ids), s.params.max_tokens)
-                 for s in self.scheduler.waiting.ahead_of_new(tenant)]
+        def left(s: Sequence) -> int:
+            return s.params.max_tokens - len(s.output_ids)
+
+        running = [Pending(len(s.all_ids) - s.n_cached if s.status is Status.PREFILLING else 0,
+                           left(s)) for s in self.scheduler.active]
+        if self.scheduler.entitled(tenant):
+            # below its share: a slot now (free, or handed over), behind only its own queue
+            running = [Pending(p.prefill, 0) for p in running]
+            ahead = [Pending(len(s.all_ids), left(s)) for s in self.scheduler.waiting.queues.get(tenant, [])]
+        else:
+            ahead = [Pending(len(s.all_ids), left(s)) for s in self.scheduler.waiting.ahead_of_new(tenant)]
         return expected_wait(running, ahead, self.config.max_running, prompt_tokens, self.speed)
 
     def load(self, tenants: list[str] = ()) -> dict:
@@ -230,9 +237,13 @@ class LLMEngine:
                     self._finish(seq, "abort")
                 elif seq.deadline is not None and now >= seq.deadline:
                     self._finish(seq, "timeout")  # before its prefill, if it still waits
-            queue_waits = []
-            for seq in self.scheduler.admit():
-                queue_waits.append(now - seq.arrival)
+            queue_waits, handed = [], []
+            for paused, tenant in self.scheduler.preemptions():
+                self._pause(paused)
+                handed.append(self.scheduler.hand_over(paused, tenant))
+            for seq in handed + self.scheduler.admit():
+                if not seq.output_ids:  # a resumed sequence waited before: counted then
+                    queue_waits.append(now - seq.arrival)
                 self._reuse_prefix(seq)
             work = self.scheduler.next_work()
         if work is None:
@@ -249,10 +260,10 @@ class LLMEngine:
         with self._lock:
             for row, (seq, chunk) in enumerate(zip(work.seqs, work.chunks, strict=True)):
                 seq.n_cached += chunk
-                if seq.status is Status.PREFILLING and seq.n_cached < len(seq.prompt_ids):
+                if seq.status is Status.PREFILLING and seq.n_cached < len(seq.all_ids):
                     continue  # more prompt chunks to go
                 if seq.status is Status.PREFILLING:  # prompt done: share it with later requests
-                    self._cache_kv(seq, seq.prompt_ids)
+                    self._cache_kv(seq, seq.all_ids)
                 seq.status = Status.DECODING
                 before = seq.last_token_at
                 self._emit(seq, pick_token(seq, logits[row, 0], allowed.get(seq.seq_id),
@@ -312,12 +323,26 @@ class LLMEngine:
         """
         if self.prefix_cache is None:
             return
-        seq.prefix_blocks = self.prefix_cache.match(seq.prompt_ids[:-1])
+        seq.prefix_blocks = self.prefix_cache.match(seq.all_ids[:-1])
         size = self.prefix_cache.block_size
         for i, block in enumerate(seq.prefix_blocks):
             self.slots.write(seq.slot, i * size, block.keys, block.values)
-        seq.n_cached = seq.reused_tokens = len(seq.prefix_blocks) * size
+        seq.n_cached = len(seq.prefix_blocks) * size
+        if not seq.output_ids:  # usage counts prompt tokens served from the cache, once
+            seq.reused_tokens = seq.n_cached
         self.slots.lens[seq.slot] = seq.n_cached
+
+    def _pause(self, seq: Sequence) -> None:
+        """Free a decoding sequence's slot for another tenant (scheduler.preemptions). Its KV
+        goes to the prefix cache, so resuming it (prompt + output so far, prefilled again)
+        mostly copies blocks back; without a prefix cache it is recomputed."""
+        self._cache_kv(seq, seq.all_ids[:int(self.slots.lens[seq.slot])])
+        self.slots.lens[seq.slot] = 0
+        if self.prefix_cache is not None:
+            self.prefix_cache.release(seq.prefix_blocks)
+            seq.prefix_blocks = []
+        if self.spec is not None:
+            self.spec.forget(seq)
 
     def _cache_kv(self, seq: Sequence, tokens: list[int]) -> None:
         if self.prefix_cache is not None:
@@ -338,8 +363,8 @@ class LLMEngine:
             row = seq.slot - lo
             if work.kind == "decode":
                 ids[row, 0] = seq.pending
-            else:
-                ids[row, :chunk] = seq.prompt_ids[seq.n_cached:seq.n_cached + chunk]
+            else:  # a resumed sequence's prefill re-feeds its output, the pending token last
+                ids[row, :chunk] = seq.all_ids[seq.n_cached:seq.n_cached + chunk]
             query_lens[row] = chunk
             logits_idx[row, 0] = chunk - 1
         logits = self.runner.forward_slots(self.slots, lo, hi, ids, query_lens, logits_idx)

@@ -52,6 +52,19 @@ class FairQueue:
             self._turn = None  # turn over: to the back of the order
             self.queues[tenant] = self.queues.pop(tenant)
 
+    def push_front(self, seq: Sequence) -> None:
+        """Back to the head of its tenant's queue (a paused sequence resumes first)."""
+        if seq.tenant not in self.queues:
+            self.queues[seq.tenant] = deque()
+            self.deficit[seq.tenant] = 0.0
+        self.queues[seq.tenant].appendleft(seq)
+
+    def pop_tenant(self, tenant: str) -> Sequence:
+        """The head of one tenant's queue, outside the turns: a slot owed to it (its share)."""
+        seq = self.queues[tenant][0]
+        self.remove(seq)
+        return seq
+
     def remove(self, seq: Sequence) -> None:
         queue = self.queues.get(seq.tenant)
         if queue is None or seq not in queue:
