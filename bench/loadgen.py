@@ -52,6 +52,8 @@ class RequestRecord:
     token_source: str = "none"        # "usage" when the server reported it, else "deltas"
     itls_s: list[float] = field(default_factory=list)  # gaps between content chunks
     items: int = 0                    # texts embedded (embedding requests)
+    refusals: int = 0                 # 503s answered before this try (retried after Retry-After)
+    retry_after_s: float | None = None  # a refusal's Retry-After header
 
 
 def percentile(values: list[float] | np.ndarray, q: float) -> float | None:
@@ -186,6 +188,7 @@ async def _chat_stream(client: httpx.AsyncClient, body: dict, rec: RequestRecord
         if resp.status_code != 200:
             await resp.aread()
             rec.error = f"http_{resp.status_code}"
+            rec.retry_after_s = float(resp.headers.get("retry-after") or 1)
             return
         async for line in resp.aiter_lines():
             event = parse_sse_line(line)
@@ -248,6 +251,27 @@ async def chat_request(client: httpx.AsyncClient, model: str, prompt: str, max_t
     return rec
 
 
+async def chat_request_retrying(client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int,
+                                temperature: float, timeout_s: float, extra_body: dict | None = None,
+                                max_refusals: int = 50) -> RequestRecord:
+    """A streamed chat request that, refused with 503, comes back after the server's Retry-After,
+    as OpenAI's client does (it retries twice by default; this one keeps trying). TTFT and latency
+    count from the first try; `refusals` says how many 503s came before."""
+    t0 = time.perf_counter()
+    for refusals in range(max_refusals + 1):
+        left = timeout_s - (time.perf_counter() - t0)
+        rec = await chat_request(client, model, prompt, max_tokens, temperature, True, left, extra_body)
+        rec.refusals = refusals
+        if rec.status != 503 or refusals == max_refusals or left <= (rec.retry_after_s or 1.0):
+            break
+        await asyncio.sleep(rec.retry_after_s or 1.0)
+    waited = time.perf_counter() - t0 - (rec.latency_s or 0.0)
+    rec.latency_s = (rec.latency_s or 0.0) + waited
+    if rec.ttft_s is not None:
+        rec.ttft_s += waited
+    return rec
+
+
 async def embedding_request(client: httpx.AsyncClient, model: str, texts: list[str],
                             timeout_s: float) -> RequestRecord:
     rec = RequestRecord()
@@ -299,16 +323,21 @@ async def _closed_loop(send: Callable[[int], Awaitable[RequestRecord]], concurre
 async def run_chat_load(base_url: str, model: str, prompts: list[str], concurrency: int, max_tokens: int,
                         n_requests: int, temperature: float = 0.0, headers: dict | None = None,
                         stream: bool = True, timeout_s: float = 120.0, deadline_s: float = 600.0,
-                        warmup: int = 1, label: str = "", extra_body: dict | None = None) -> LoadResult:
+                        warmup: int = 1, label: str = "", extra_body: dict | None = None,
+                        retry_refused: bool = False) -> LoadResult:
     """Closed-loop chat load. `warmup` requests go first, one at a time and unrecorded, so lazy
     model loading or JIT on the server does not land in the first measured TTFT. `extra_body`
-    adds fields to every request (e.g. ignore_eos)."""
+    adds fields to every request (e.g. ignore_eos). retry_refused: a 503 is retried after its
+    Retry-After (streamed requests; `chat_request_retrying`)."""
     async with _client(base_url, concurrency, headers, timeout_s) as client:
         for i in range(warmup):
             await chat_request(client, model, prompts[i % len(prompts)], max_tokens, temperature,
                                stream, timeout_s, extra_body)
 
         async def send(i: int) -> RequestRecord:
+            if retry_refused and stream:
+                return await chat_request_retrying(client, model, prompts[i % len(prompts)], max_tokens,
+                                                   temperature, timeout_s, extra_body)
             return await chat_request(client, model, prompts[i % len(prompts)], max_tokens, temperature,
                                       stream, timeout_s, extra_body)
 

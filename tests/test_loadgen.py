@@ -139,3 +139,30 @@ def test_closed_loop_stops_taking_work_after_deadline():
 
     records, _ = asyncio.run(_closed_loop(send, concurrency=1, n_requests=1000, deadline_s=0.05))
     assert 1 <= len(records) <= 5
+
+
+def test_a_refused_request_comes_back_after_retry_after_and_counts_from_its_first_try():
+    """A fake server: 503 + Retry-After twice, then a streamed answer."""
+    import asyncio
+
+    import httpx
+
+    from bench.loadgen import chat_request_retrying
+
+    tries = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        tries.append(request)
+        if len(tries) <= 2:
+            return httpx.Response(503, headers={"Retry-After": "0.05"}, json={"error": {}})
+        body = ('data: {"choices": [{"delta": {"content": "hi"}}]}\n\n'
+                'data: {"choices": [], "usage": {"completion_tokens": 1}}\n\ndata: [DONE]\n\n')
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://x") as client:
+            return await chat_request_retrying(client, "m", "q", 4, 0.0, timeout_s=10)
+
+    rec = asyncio.run(go())
+    assert rec.ok and rec.refusals == 2 and len(tries) == 3
+    assert rec.ttft_s >= 0.1 and rec.latency_s >= rec.ttft_s  # the two waits are counted
