@@ -46,14 +46,19 @@ class Embedder:
     def embed_tokens(self, texts: list[str]) -> list[TokenVectors]:
         """Each text's unit token vectors and word pieces (needs a load(token_outputs=True)
         graph). One batch: the semantic cache calls it with a prompt and a few candidates."""
+        return self.embed_with_tokens(texts)[1]
+
+    def embed_with_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
+        """Sentence vectors and token vectors from one run (one batch)."""
         if len(self.session.get_outputs()) < 2:
             raise ValueError("this embedder graph has no token outputs: load(token_outputs=True)")
         batch = self.tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in batch], dtype=np.int64)
         mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
-        tokens = self.session.run(["token_embeddings"], {"input_ids": ids, "attention_mask": mask})[0]
+        vectors, tokens = self.session.run(["embeddings", "token_embeddings"],
+                                           {"input_ids": ids, "attention_mask": mask})
         counts = mask.sum(axis=1).tolist()
-        return [TokenVectors(tokens[i, :n], batch[i].tokens[:n]) for i, n in enumerate(counts)]
+        return vectors, [TokenVectors(tokens[i, :n], batch[i].tokens[:n]) for i, n in enumerate(counts)]
 
     def embed_counted(self, texts: list[str], max_batch: int = 64) -> tuple[np.ndarray, list[int]]:
         """Vectors and the number of tokens of each text (after truncation).

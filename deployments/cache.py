@@ -65,8 +65,8 @@ class CacheDeployment:
         # With the second stage the local graph also returns token vectors (one session for both).
         self.local_embedder = (Embedder.load(threads=1, token_outputs=rescore)
                                if self.args.embed_in_cache or rescore else None)
-        self.store = CacheStore(self.args.store_config(), token_encoder=(
-            align.CachedEncoder(self.local_embedder.embed_tokens) if rescore else None))
+        self.token_cache = align.CachedEncoder(self.local_embedder.embed_tokens) if rescore else None
+        self.store = CacheStore(self.args.store_config(), token_encoder=self.token_cache)
         self.embedder = embedder
         self._epoch, self._invalidations = os.urandom(4).hex(), 0
         self._invalidated = asyncio.Event()
@@ -103,6 +103,12 @@ class CacheDeployment:
                  "expires_at": hit.expires_at} if hit else None, embedding)
 
     async def _embed(self, text: str) -> np.ndarray:
+        if self.args.embed_in_cache and self.token_cache is not None:
+            # One run gives the prompt's token vectors too: the second stage then encodes only
+            # candidates it has not seen.
+            vectors, tokens = await asyncio.to_thread(self.local_embedder.embed_with_tokens, [text])
+            self.token_cache.remember(text, tokens[0])
+            return vectors[0]
         if self.args.embed_in_cache and self.local_embedder is not None:
             return (await asyncio.to_thread(self.local_embedder.embed, [text]))[0]
         vectors, _ = await self.embedder.embed.remote([text])

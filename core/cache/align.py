@@ -114,6 +114,14 @@ class CachedEncoder:
                     self._seen.popitem(last=False)
         return [known[t] for t in texts]
 
+    def remember(self, text: str, vectors: TokenVectors) -> None:
+        """Token vectors computed elsewhere (the lookup's own embedding run)."""
+        with self._lock:
+            self._seen[text] = vectors
+            self._seen.move_to_end(text)
+            while len(self._seen) > self.max_entries:
+                self._seen.popitem(last=False)
+
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 30) -> tuple[float, ...]:
     """Weights (then bias) of an L2-regularised logistic regression by Newton's method:

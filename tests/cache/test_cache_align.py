@@ -82,6 +82,9 @@ def test_cached_encoder_encodes_each_text_once_and_stays_bounded():
     assert cached(["bb", "ccc"])[0] is first[1] and calls[-1] == ["ccc"]
     cached(["a"])  # "a" was evicted (least recently used of three): encoded again
     assert calls[-1] == ["a"]
+    known = tokens(["x"], [1])
+    cached.remember("dddd", known)  # computed elsewhere: never encoded
+    assert cached(["dddd"])[0] is known and calls[-1] == ["a"]
 
 
 def test_real_token_vectors_are_unit_length():
@@ -95,5 +98,7 @@ def test_real_token_vectors_are_unit_length():
     # the sentence vector of the token graph is the plain embedder's
     plain = Embedder.load(threads=1).embed(["Hi"])[0]
     assert np.allclose(emb.embed(["Hi"])[0], plain, atol=1e-5)
+    vectors, both = emb.embed_with_tokens(["Hi"])
+    assert np.allclose(vectors[0], plain, atol=1e-5) and np.allclose(both[0].vectors, out[1].vectors)
     with pytest.raises(ValueError, match="token_outputs"):
         Embedder.load(threads=1).embed_tokens(["Hi"])
