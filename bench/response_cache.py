@@ -24,7 +24,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.build.artifacts import LLM_ID  # noqa: E402
-from core.cache import CacheConfig, CacheStore, guard_check, request_keys  # noqa: E402
+from core.cache import CacheConfig, CacheStore, align, guard_check, request_keys  # noqa: E402
 from core.embedder import Embedder  # noqa: E402
 from serve_app.schemas import ChatCompletionRequest  # noqa: E402
 
@@ -45,14 +45,17 @@ def keys_for(question: str):
 
 
 def paraphrase_pairs(n: int) -> list[tuple[str, str]]:
-    """Labelled paraphrases that clear the default threshold and the guard."""
-    emb = Embedder.load(threads=2)
+    """Labelled paraphrases that clear the default threshold, the guard and the second stage
+    (as the store asks: the new prompt b against the stored a)."""
+    emb = Embedder.load(threads=2, token_outputs=True)
     rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r["same"]]
     va, vb = emb.embed([r["a"] for r in rows]), emb.embed([r["b"] for r in rows])
-    good = [(r["a"], r["b"]) for r, x, y in zip(rows, va, vb, strict=True)
-            if float(x @ y) >= CacheConfig(data_dir=Path(".")).threshold + 0.01
-            and guard_check(r["a"], r["b"])[0]]
+    ta, tb = emb.embed_tokens([r["a"] for r in rows]), emb.embed_tokens([r["b"] for r in rows])
+    threshold = CacheConfig(data_dir=Path(".")).threshold + 0.01
+    good = [(r["a"], r["b"]) for r, x, y, a, b in zip(rows, va, vb, ta, tb, strict=True)
+            if float(x @ y) >= threshold and guard_check(r["b"], r["a"])[0]
+            and align.accepts(float(x @ y), True, b, a)]
     return good[:n]
 
 
@@ -63,7 +66,8 @@ def fill(data_dir: Path, n: int, partition: str) -> float:
     entries = [(f"filler-{i}", vectors[i], f"filler question number {i}",
                 {"choices": [{"message": {"content": "filler"}}]}) for i in range(n)]
     start = time.perf_counter()
-    with CacheStore(CacheConfig(data_dir=data_dir, max_entries_per_partition=10**7)) as store:
+    # Filling only (no lookups): the second stage's token encoder is not needed here.
+    with CacheStore(CacheConfig(data_dir=data_dir, max_entries_per_partition=10**7, rescore=False)) as store:
         asyncio.run(store.put_many(partition, entries, model=LLM_ID))
     return time.perf_counter() - start
 

@@ -8,6 +8,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .build.artifacts import EMBEDDER_ID, build_embedder
+from .cache.align import TokenVectors
 from .llm.session import make_session
 
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on up to 256 word pieces
@@ -28,8 +29,9 @@ class Embedder:
         self.dim = int(self.session.get_outputs()[0].shape[-1])
 
     @classmethod
-    def load(cls, **kwargs) -> Embedder:
-        return cls(build_embedder(progress=lambda _: None), **kwargs)
+    def load(cls, token_outputs: bool = False, **kwargs) -> Embedder:
+        """token_outputs: the graph that also returns token vectors (for embed_tokens)."""
+        return cls(build_embedder(progress=lambda _: None, token_outputs=token_outputs), **kwargs)
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         batch = self.tokenizer.encode_batch(texts)
@@ -40,6 +42,23 @@ class Embedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         """[N, dim] float32, L2-normalised."""
         return self.embed_counted(texts)[0]
+
+    def embed_tokens(self, texts: list[str]) -> list[TokenVectors]:
+        """Each text's unit token vectors and word pieces (needs a load(token_outputs=True)
+        graph). One batch: the semantic cache calls it with a prompt and a few candidates."""
+        return self.embed_with_tokens(texts)[1]
+
+    def embed_with_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
+        """Sentence vectors and token vectors from one run (one batch)."""
+        if len(self.session.get_outputs()) < 2:
+            raise ValueError("this embedder graph has no token outputs: load(token_outputs=True)")
+        batch = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in batch], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
+        vectors, tokens = self.session.run(["embeddings", "token_embeddings"],
+                                           {"input_ids": ids, "attention_mask": mask})
+        counts = mask.sum(axis=1).tolist()
+        return vectors, [TokenVectors(tokens[i, :n], batch[i].tokens[:n]) for i, n in enumerate(counts)]
 
     def embed_counted(self, texts: list[str], max_batch: int = 64) -> tuple[np.ndarray, list[int]]:
         """Vectors and the number of tokens of each text (after truncation).

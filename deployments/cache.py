@@ -18,7 +18,7 @@ from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
-from core.cache import CacheConfig, CacheStore, LookupMode, RequestKeys
+from core.cache import CacheConfig, CacheStore, LookupMode, RequestKeys, align
 from core.embedder import Embedder
 
 LOOKUP_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 250, 500]
@@ -59,11 +59,15 @@ class CacheArgs(CacheConfig):
 class CacheDeployment:
     def __init__(self, embedder: DeploymentHandle, args: dict) -> None:
         self.args = CacheArgs(**args)
-        self.store = CacheStore(self.args.store_config())
-        self.embedder = embedder
+        rescore = self.args.rescore and self.args.guard
         # Lookups embed one short prompt: a local session (1 thread) beats a hop to the embedder
         # deployment plus its batch wait. Answers are stored with the embedding computed here.
-        self.local_embedder = Embedder.load(threads=1) if self.args.embed_in_cache else None
+        # With the second stage the local graph also returns token vectors (one session for both).
+        self.local_embedder = (Embedder.load(threads=1, token_outputs=rescore)
+                               if self.args.embed_in_cache or rescore else None)
+        self.token_cache = align.CachedEncoder(self.local_embedder.embed_tokens) if rescore else None
+        self.store = CacheStore(self.args.store_config(), token_encoder=self.token_cache)
+        self.embedder = embedder
         self._epoch, self._invalidations = os.urandom(4).hex(), 0
         self._invalidated = asyncio.Event()
         self.lookups = metrics.Counter("cache_lookups", description="cache lookups by result",
@@ -99,7 +103,13 @@ class CacheDeployment:
                  "expires_at": hit.expires_at} if hit else None, embedding)
 
     async def _embed(self, text: str) -> np.ndarray:
-        if self.local_embedder is not None:
+        if self.args.embed_in_cache and self.token_cache is not None:
+            # One run gives the prompt's token vectors too: the second stage then encodes only
+            # candidates it has not seen.
+            vectors, tokens = await asyncio.to_thread(self.local_embedder.embed_with_tokens, [text])
+            self.token_cache.remember(text, tokens[0])
+            return vectors[0]
+        if self.args.embed_in_cache and self.local_embedder is not None:
             return (await asyncio.to_thread(self.local_embedder.embed, [text]))[0]
         vectors, _ = await self.embedder.embed.remote([text])
         return vectors[0]

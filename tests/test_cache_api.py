@@ -38,6 +38,18 @@ def test_exact_then_semantic_hit_with_the_same_answer(serve_url):
     assert paraphrase.json()["choices"][0]["message"]["content"] == answer
 
 
+def test_a_rewording_is_a_semantic_hit_through_the_second_stage(serve_url):
+    """Different words (no normalisation makes them equal): the cosine, the guard and the token
+    alignment of the served default all have to agree."""
+    ref = uuid.uuid4().hex[:6]
+    first = ask(serve_url, f"How do I reverse a list in Python? (ref {ref})")
+    assert first.headers["x-cache"] == "miss"
+    reworded = ask(serve_url, f"What is the way to reverse a Python list? (ref {ref})")
+    assert reworded.headers["x-cache"] == "hit-semantic"
+    content = [r.json()["choices"][0]["message"]["content"] for r in (first, reworded)]
+    assert content[0] == content[1]
+
+
 def test_near_miss_with_other_numbers_is_not_served_from_cache(serve_url):
     ask(serve_url, "Convert 100 degrees Fahrenheit to Celsius.")
     other = ask(serve_url, "Convert 100 degrees Celsius to Fahrenheit.")

@@ -115,18 +115,23 @@ def build_llm(out: Path | None = None, progress: Progress = print) -> Path:
     return out
 
 
-def build_embedder(out: Path | None = None, progress: Progress = print) -> Path:
+def build_embedder(out: Path | None = None, progress: Progress = print, token_outputs: bool = False) -> Path:
+    """token_outputs: the same graph with the token vectors as a second output, in a directory
+    of its own (the semantic cache's second stage, core/cache/align.py)."""
     from .minilm import build_minilm
 
-    out = out or models_dir() / EMBEDDER_ID
+    name = EMBEDDER_ID + ("-tokens" if token_outputs else "")
+    out = out or models_dir() / name
     source = minilm_source()
     with _locked(out):
-        stamp = {"version": BUILD_VERSION,
+        stamp = {"version": BUILD_VERSION, "token_outputs": token_outputs,
                  "source": _sha256([source / "model.safetensors", source / "tokenizer.json"])}
+        if not token_outputs:
+            del stamp["token_outputs"]  # the plain build's stamp as it always was
         if _is_current(out, stamp):
             return out
-        progress(f"building {EMBEDDER_ID}")
-        _save(build_minilm(source), out / "model.onnx")
+        progress(f"building {name}")
+        _save(build_minilm(source, token_outputs), out / "model.onnx")
         shutil.copy(source / "tokenizer.json", out / "tokenizer.json")
         (out / "build.json").write_text(json.dumps(stamp))
     return out

@@ -2,6 +2,8 @@
 
 inputs  input_ids [B,S] int64, attention_mask [B,S] int64
 output  embeddings [B,H] float, unit length (cosine similarity is a dot product)
+        token_embeddings [B,S,H] float, unit length per token (with token_outputs=True: the
+        cache's second-stage scorer aligns the tokens of two prompts, core/cache/align.py)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from safetensors.numpy import load_file
 from .graph import FLOAT, INT64, MS, Graph
 
 
-def build_minilm(model_dir: str | Path) -> onnx.ModelProto:
+def build_minilm(model_dir: str | Path, token_outputs: bool = False) -> onnx.ModelProto:
     model_dir = Path(model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
     pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text())
@@ -61,4 +63,8 @@ def build_minilm(model_dir: str | Path) -> onnx.ModelProto:
     norm = g.op("Max", [g.op("ReduceL2", [mean, g.const([-1])], keepdims=1),
                         g.const([1e-12], np.float32)])
     g.output(g.op("Div", [mean, norm]), "embeddings", FLOAT, ["batch", hidden])
+    if token_outputs:
+        token_norm = g.op("Max", [g.op("ReduceL2", [h, g.const([-1])], keepdims=1),
+                                  g.const([1e-12], np.float32)])
+        g.output(g.op("Div", [h, token_norm]), "token_embeddings", FLOAT, ["batch", "seq", hidden])
     return g.model()

@@ -36,7 +36,7 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from core.cache import guard
+from core.cache import align, guard
 from core.cache.calls import CallRunner, StoreError, StoreTimeout, StoreUnavailable
 from core.cache.config import CacheConfig
 from core.cache.keys import RequestKeys
@@ -99,9 +99,14 @@ class _Partition:
 class CacheStore:
     """Response cache on chromadb; see the module docstring for the layout."""
 
-    def __init__(self, config: CacheConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: CacheConfig, clock: Callable[[], float] = time.time,
+                 token_encoder: align.TokenEncoder | None = None) -> None:
+        """token_encoder: the prompts' token vectors for the second stage (config.rescore)."""
+        if config.rescore and config.guard and token_encoder is None:
+            raise ValueError("rescore needs a token_encoder (core.embedder.Embedder.embed_tokens)")
         self.config = config
         self._clock = clock
+        self._token_encoder = token_encoder
         self._runner = CallRunner(config.workers, config.cooldown_s)
         self._lock = threading.RLock()
         self._client: Any = None
@@ -191,6 +196,7 @@ class CacheStore:
             self._forget(name)
             return None, 0
         rejects = 0
+        candidates = []  # nearest first: (id, similarity, document, metadata, stored prompt)
         for entry_id, dist, doc, meta in zip(
             res["ids"][0], res["distances"][0], res["documents"][0], res["metadatas"][0], strict=True
         ):
@@ -208,11 +214,21 @@ class CacheStore:
                         "guard rejected %.3f match %r ~ %r: %s", similarity, prompt, stored_prompt, reason
                     )
                     continue
-            self._touch(part, entry_id, now)
-            hit = CacheHit("semantic", json.loads(doc), similarity, entry_id, stored_prompt,
-                           float(meta["expires_at"]))
-            return hit, rejects
-        return None, rejects
+            candidates.append((entry_id, similarity, doc, meta, stored_prompt))
+        if candidates and self.config.rescore and self.config.guard:
+            # The second stage (core/cache/align.py): one encoder batch for the prompt and the
+            # candidates that passed the guard.
+            vectors = self._token_encoder([prompt, *(c[4] for c in candidates)])
+            kept = [c for c, tv in zip(candidates, vectors[1:], strict=True)
+                    if align.accepts(c[1], True, vectors[0], tv)]
+            rejects += len(candidates) - len(kept)
+            candidates = kept
+        if not candidates:
+            return None, rejects
+        entry_id, similarity, doc, meta, stored_prompt = candidates[0]
+        self._touch(part, entry_id, now)
+        return CacheHit("semantic", json.loads(doc), similarity, entry_id, stored_prompt,
+                        float(meta["expires_at"])), rejects
 
     def _count_lookup(self, hit: CacheHit | None, rejects: int) -> CacheHit | None:
         with self._lock:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench import cache_eval as ce
-from core.cache.config import DEFAULT_GUARD, DEFAULT_THRESHOLD, CacheConfig
+from core.cache import align
+from core.cache.config import DEFAULT_GUARD, DEFAULT_RESCORE, DEFAULT_THRESHOLD, CacheConfig
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "cache_eval.json"
 
@@ -26,6 +27,11 @@ def test_pairs() -> list[ce.Pair]:
     return ce.load_pairs(ce.TEST_DIR)
 
 
+@pytest.fixture(scope="module")
+def test2_pairs() -> list[ce.Pair]:
+    return ce.load_pairs(ce.TEST2_DIR)
+
+
 def test_pair_set_is_large_and_varied(pairs, test_pairs):
     everything = pairs + test_pairs
     assert len(everything) >= 1500
@@ -37,19 +43,30 @@ def test_pair_set_is_large_and_varied(pairs, test_pairs):
     assert len({p.kind for p in everything if not p.same}) >= 10
 
 
-def test_splits_are_topic_disjoint(pairs, test_pairs):
-    split_of = ce.assign_splits(pairs, test_pairs)
-    everything = pairs + test_pairs
+def test_held_out_set_is_large_and_new(pairs, test_pairs, test2_pairs):
+    assert len(test2_pairs) >= 900 and sum(not p.same for p in test2_pairs) >= 550
+    earlier = pairs + test_pairs
+    assert not {p.topic for p in test2_pairs} & {p.topic for p in earlier}
+    seen = {frozenset((p.a.lower(), p.b.lower())) for p in earlier}
+    assert not [p for p in test2_pairs if frozenset((p.a.lower(), p.b.lower())) in seen]
+    # one false hit in its near misses still bounds the rate under 1 %
+    assert ce.clopper_pearson_upper(1, sum(not p.same for p in test2_pairs)) <= ce.MAX_FALSE_HIT_UB
+
+
+def test_splits_are_topic_disjoint(pairs, test_pairs, test2_pairs):
+    split_of = ce.assign_splits(pairs, test_pairs, test2_pairs)
+    everything = pairs + test_pairs + test2_pairs
     topics = {s: {p.topic for p in everything if split_of[p.topic] == s} for s in ce.SPLITS}
     for i, a in enumerate(ce.SPLITS):
         for b in ce.SPLITS[i + 1:]:
             assert not topics[a] & topics[b], (a, b)
     assert topics["test"] == {p.topic for p in test_pairs}
+    assert topics["test2"] == {p.topic for p in test2_pairs}
     # each split holds both labels; development splits roughly their share
     for s in ce.SPLITS:
         members = [p for p in everything if split_of[p.topic] == s]
         assert {p.same for p in members} == {True, False}
-        if s in ce.DEVELOPMENT:
+        if s in ce.SPLIT_SHARES:
             assert abs(len(members) / len(pairs) - ce.SPLIT_SHARES[s]) < 0.05
     # no prompt of a test pair appears in a development pair
     seen = {t for p in pairs for t in (p.a, p.b)}
@@ -66,7 +83,7 @@ def test_split_depends_on_topics_only(pairs):
 
 def test_a_test_topic_in_development_is_refused(pairs):
     leaked = [ce.Pair(pairs[0].topic, True, "reword", "x?", "y?")]
-    with pytest.raises(ValueError, match="development"):
+    with pytest.raises(ValueError, match="another split"):
         ce.assign_splits(pairs, leaked)
 
 
@@ -92,15 +109,21 @@ def test_clopper_pearson_upper_bound():
     assert ce.clopper_pearson_upper(5, 5) == 1.0
 
 
-def test_served_default_is_the_evaluated_choice(pairs):
-    """config.py's defaults must be what bench/cache_eval.py chose on tune+dev."""
+def test_served_default_is_the_evaluated_choice(pairs, test_pairs, test2_pairs):
+    """config.py's and align.py's defaults must be what bench/cache_eval.py chose on the
+    development splits."""
     report = json.loads(RESULTS.read_text())
-    total = len(pairs) + len(ce.load_pairs(ce.TEST_DIR))
+    total = len(pairs) + len(test_pairs) + len(test2_pairs)
     assert sum(v["pairs"] for v in report["splits"].values()) == total, "pairs changed: rerun cache_eval"
-    assert report["chosen"]["threshold"] == DEFAULT_THRESHOLD
-    assert report["chosen"]["guard"] is DEFAULT_GUARD
+    chosen = report["chosen"]
+    assert chosen["rule"] == ce.ALIGN_RULE and chosen["rescore"] is DEFAULT_RESCORE
+    assert chosen["guard"] is DEFAULT_GUARD
+    assert chosen["threshold"] == align.THRESHOLD
+    assert report["align"]["weights"] == list(align.WEIGHTS)
+    assert report["align"]["min_cosine"] == align.MIN_COSINE == DEFAULT_THRESHOLD
     config = CacheConfig(data_dir=Path("/tmp/unused"))
-    assert (config.threshold, config.guard) == (DEFAULT_THRESHOLD, DEFAULT_GUARD)
+    served = (config.threshold, config.guard, config.rescore)
+    assert served == (DEFAULT_THRESHOLD, DEFAULT_GUARD, DEFAULT_RESCORE)
     # the choice was made on the development splits, within the bound
-    assert report["rule"]["chosen_on"] == list(ce.DEVELOPMENT) and "test" not in ce.DEVELOPMENT
+    assert report["rule"]["chosen_on"] == list(ce.DEVELOPMENT) and ce.HELD_OUT not in ce.DEVELOPMENT
     assert report["result"]["development"]["false_hit_ub"] <= ce.MAX_FALSE_HIT_UB

@@ -11,11 +11,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cache_vectors import near, unit
 from pydantic import ValidationError
 
 from core.cache import keys
+from core.cache.align import TokenVectors
 from core.cache.config import CacheConfig
 from core.cache.store import CacheHit, CacheStore, LookupMode, StoreLocked
 
@@ -42,8 +44,10 @@ def make_store(tmp_path, clock):
     stores: list[CacheStore] = []
 
     def make(**overrides) -> CacheStore:
-        cfg = {"data_dir": tmp_path / "cache", "threshold": 0.9, **overrides}
-        store = CacheStore(CacheConfig(**cfg), clock=clock)
+        # Cosine + guard (the second stage needs real token vectors: see test_second_stage_*)
+        encoder = overrides.pop("token_encoder", None)
+        cfg = {"data_dir": tmp_path / "cache", "threshold": 0.9, "rescore": encoder is not None, **overrides}
+        store = CacheStore(CacheConfig(**cfg), clock=clock, token_encoder=encoder)
         stores.append(store)
         return store
 
@@ -113,6 +117,53 @@ def test_guard_rejects_close_vector_with_different_meaning(make_store):
     unguarded = make_store(guard=False)
     hit = lookup(unguarded, miss, near(v, 3))
     assert hit is not None and hit.kind == "semantic"
+
+
+def _fake_encoder(table: dict[str, TokenVectors]):
+    """A fake token encoder over fixed token vectors; records its calls."""
+    def encode(batch: list[str]) -> list[TokenVectors]:
+        encode.calls.append(list(batch))
+        return [table[t] for t in batch]
+
+    encode.calls = []
+    return encode
+
+
+def _tokens(words: list[str], rows: list[int]) -> TokenVectors:
+    return TokenVectors(np.eye(8, dtype=np.float32)[rows], words)
+
+
+def test_second_stage_needs_an_encoder(tmp_path):
+    with pytest.raises(ValueError, match="token_encoder"):
+        CacheStore(CacheConfig(data_dir=tmp_path / "c", rescore=True))
+
+
+def test_second_stage_decides_after_the_guard(make_store):
+    stored = "How do I tell my boss about my coworker?"
+    reworded = "What's the best way to tell my boss about a colleague?"
+    swapped = "How do I tell my coworker about my boss?"  # the guard lets this one through
+    encoder = _fake_encoder({
+        stored: _tokens(["tell", "boss", "about", "coworker"], [0, 1, 2, 3]),
+        # a rewording: half the words changed, each matched loosely (cosine 0.7)
+        reworded: TokenVectors(np.array([[1, 0, 0, 0], [0, 1, 0, 0], [.7, 0, .7, 0], [0, .7, 0, .7]],
+                                        np.float32) @ np.eye(4, 8, dtype=np.float32),
+                               ["tell", "boss", "regarding", "colleague"]),
+        # the same words: a cosine this far from 1 means their order changed the meaning
+        swapped: _tokens(["tell", "coworker", "about", "boss"], [0, 3, 2, 1]),
+    })
+    store = make_store(token_encoder=encoder, threshold=0.85)
+    v = unit(1)
+    put(store, request(stored), v)
+    hit = lookup(store, request(reworded), near(v, 2))  # cosine 0.958
+    assert hit is not None and hit.kind == "semantic" and hit.prompt == stored
+    assert encoder.calls == [[reworded, stored]]  # one batch: the prompt and its candidate
+    assert lookup(store, request(swapped), near(v, 4)) is None  # cosine 0.958 too
+    assert encoder.calls[-1] == [swapped, stored]  # the guard passed it; the second stage refused
+    assert store.stats().guard_rejects == 1
+    # the guard runs first: a near miss it rejects never reaches the encoder
+    calls = len(encoder.calls)
+    assert lookup(store, request("How do I tell my boss about my raise?"), near(v, 3)) is None
+    assert len(encoder.calls) == calls and store.stats().guard_rejects == 2
 
 
 def test_no_prompt_text_means_no_semantic_hit(store):
@@ -275,7 +326,7 @@ def test_survives_process_exit(tmp_path, clock):
         from core.cache.store import CacheStore
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from cache_vectors import unit
-        store = CacheStore(CacheConfig(data_dir={str(tmp_path / "cache")!r}))
+        store = CacheStore(CacheConfig(data_dir={str(tmp_path / "cache")!r}, rescore=False))
         k = ({k.exact!r}, {k.partition!r}, {k.semantic_text!r})
         import asyncio
         from core.cache.keys import RequestKeys
@@ -283,7 +334,7 @@ def test_survives_process_exit(tmp_path, clock):
         os._exit(0)  # no close(): like a crash right after the write
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT)
-    with CacheStore(CacheConfig(data_dir=tmp_path / "cache")) as store:
+    with CacheStore(CacheConfig(data_dir=tmp_path / "cache", rescore=False)) as store:
         hit = lookup(store, k, unit(1))
         assert hit is not None and hit.body == {"answer": 42}
 
@@ -314,7 +365,7 @@ def test_async_api(store):
 
 
 def server_store(server, clock, **overrides) -> CacheStore:
-    cfg = {"host": server.host, "port": server.port, "threshold": 0.9, "timeout_s": 0.5,
+    cfg = {"host": server.host, "port": server.port, "threshold": 0.9, "rescore": False, "timeout_s": 0.5,
            "maintenance_timeout_s": 3.0, "cooldown_s": 0.2, **overrides}  # fmt: skip
     return CacheStore(CacheConfig(**cfg), clock=clock)
 
@@ -397,7 +448,8 @@ def test_server_hung_times_out(chroma_server, clock):
 
 
 def test_server_unreachable_at_start(clock, tmp_path):
-    cfg = CacheConfig(host="127.0.0.1", port=9, timeout_s=0.3, maintenance_timeout_s=0.5, cooldown_s=0.1)
+    cfg = CacheConfig(host="127.0.0.1", port=9, timeout_s=0.3, maintenance_timeout_s=0.5, cooldown_s=0.1,
+                      rescore=False)
     with CacheStore(cfg, clock=clock) as s:  # does not raise: the cache is optional
         k = request()
         assert lookup(s, k, unit(1)) is None
@@ -410,7 +462,7 @@ def test_exact_hit_in_the_semantic_collection_needs_no_embedding(tmp_path):
 
     from core.cache import CacheConfig, CacheStore, RequestKeys
 
-    with CacheStore(CacheConfig(data_dir=tmp_path / "db")) as store:
+    with CacheStore(CacheConfig(data_dir=tmp_path / "db", rescore=False)) as store:
         vec = np.ones(384, np.float32) / np.sqrt(384)
         semantic = RequestKeys("key-1", "p-part-0123456789abcdef", "what is up")
         asyncio.run(store.put(semantic, {"a": 1}, vec, model="m"))

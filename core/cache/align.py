@@ -1,0 +1,138 @@
+"""Second-stage check of a semantic-cache candidate: cosine, the guard's verdict and an
+alignment of the two prompts' MiniLM token vectors, combined by a logistic model.
+
+Why token alignment: a near miss is usually one prompt with one word changed ("Austria" /
+"Australia", "before" / "after"); a paraphrase rewords. Tokens present in both prompts (same
+word piece) say nothing; the others ("changed" tokens) are matched to their most similar token
+on the other side (contextual vectors, cosine). Features, all in [0, 1]:
+
+- changed: share of content tokens without an identical token on the other side;
+- changed_min: the weakest best match of a changed token (one badly matched word: a swap);
+- weakest: the weakest best match of any content token (BERTScore-style greedy matching).
+
+The weights and the decision threshold are fitted by bench/cache_eval.py on the development
+pairs only (core/cache/data/README.md); tests/cache/test_cache_eval.py keeps them equal to
+the evaluation's choice. Candidates below MIN_COSINE are never scored.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Fitted by bench/cache_eval.py (logistic regression on the development pairs with cosine >=
+# MIN_COSINE); order: cosine, guard ok, changed, changed_min, weakest, bias.
+MIN_COSINE = 0.85
+WEIGHTS = (29.3362, 5.6859, 16.241, 15.2065, -14.6023, -32.5624)
+THRESHOLD = 2.75  # on the logit
+FEATURES = ("cosine", "guard_ok", "changed", "changed_min", "weakest")
+
+_SPECIAL = {"[CLS]", "[SEP]", "[PAD]"}
+_PUNCT = re.compile(r"^[^\w]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenVectors:
+    """One prompt's contextual token vectors (unit length, [n, dim]) and their word pieces."""
+
+    vectors: np.ndarray
+    tokens: Sequence[str]
+
+
+# texts -> their token vectors (core.embedder.Embedder.embed_tokens)
+TokenEncoder = Callable[[list[str]], list[TokenVectors]]
+
+
+def _content(tv: TokenVectors) -> list[int]:
+    """Positions of word pieces that carry meaning: not [CLS]/[SEP], not punctuation."""
+    keep = [i for i, t in enumerate(tv.tokens) if t not in _SPECIAL and not _PUNCT.match(t)]
+    return keep or list(range(len(tv.tokens)))
+
+
+def alignment(a: TokenVectors, b: TokenVectors) -> tuple[float, float, float]:
+    """(changed, changed_min, weakest) of two prompts; symmetric."""
+    ia, ib = _content(a), _content(b)
+    if not ia or not ib:
+        return 1.0, 0.0, 0.0
+    sim = a.vectors[ia] @ b.vectors[ib].T  # [len(ia), len(ib)] cosines
+    best_a, best_b = sim.max(axis=1), sim.max(axis=0)
+    words_a = [a.tokens[i].lower() for i in ia]
+    words_b = [b.tokens[i].lower() for i in ib]
+    set_a, set_b = set(words_a), set(words_b)
+    changed_a = [k for k, w in enumerate(words_a) if w not in set_b]
+    changed_b = [k for k, w in enumerate(words_b) if w not in set_a]
+    n_changed = len(changed_a) + len(changed_b)
+    changed_best = np.concatenate([best_a[changed_a], best_b[changed_b]])
+    changed_min = float(changed_best.min()) if n_changed else 1.0
+    weakest = float(min(best_a.min(), best_b.min()))
+    return n_changed / (len(ia) + len(ib)), changed_min, weakest
+
+
+def features(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors) -> list[float]:
+    return [float(cosine), float(guard_ok), *alignment(a, b)]
+
+
+def logit(feats: Sequence[float], weights: Sequence[float] = WEIGHTS) -> float:
+    return float(np.dot(feats, weights[:-1]) + weights[-1])
+
+
+def accepts(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors,
+            weights: Sequence[float] = WEIGHTS, threshold: float = THRESHOLD) -> bool:
+    """The served decision: a hit needs cosine >= MIN_COSINE, the guard's pass, and the
+    model's logit >= threshold."""
+    if cosine < MIN_COSINE or not guard_ok:
+        return False
+    return logit(features(cosine, guard_ok, a, b), weights) >= threshold
+
+
+class CachedEncoder:
+    """A TokenEncoder that keeps the token vectors of recent texts: stored prompts come back as
+    candidates again and again, so most lookups encode only the new prompt."""
+
+    def __init__(self, encoder: TokenEncoder, max_entries: int = 4096) -> None:
+        self.encoder, self.max_entries = encoder, max_entries
+        self._seen: OrderedDict[str, TokenVectors] = OrderedDict()
+        self._lock = threading.Lock()  # the store calls from several worker threads
+
+    def __call__(self, texts: list[str]) -> list[TokenVectors]:
+        with self._lock:
+            known = {t: self._seen[t] for t in texts if t in self._seen}
+            for t in known:
+                self._seen.move_to_end(t)
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            fresh = dict(zip(missing, self.encoder(missing), strict=True))
+            known.update(fresh)
+            with self._lock:
+                self._seen.update(fresh)
+                while len(self._seen) > self.max_entries:
+                    self._seen.popitem(last=False)
+        return [known[t] for t in texts]
+
+    def remember(self, text: str, vectors: TokenVectors) -> None:
+        """Token vectors computed elsewhere (the lookup's own embedding run)."""
+        with self._lock:
+            self._seen[text] = vectors
+            self._seen.move_to_end(text)
+            while len(self._seen) > self.max_entries:
+                self._seen.popitem(last=False)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 30) -> tuple[float, ...]:
+    """Weights (then bias) of an L2-regularised logistic regression by Newton's method:
+    deterministic, no dependency. Used by bench/cache_eval.py."""
+    x1 = np.c_[x, np.ones(len(x))]
+    w = np.zeros(x1.shape[1])
+    ridge = l2 * np.eye(len(w))
+    ridge[-1, -1] = 0.0  # the bias is not shrunk
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(x1 @ w)))
+        grad = x1.T @ (p - y) + ridge @ w
+        hess = (x1 * (p * (1 - p))[:, None]).T @ x1 + ridge
+        w = w - np.linalg.solve(hess, grad)
+    return tuple(round(float(v), 4) for v in w)
