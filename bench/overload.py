@@ -243,8 +243,8 @@ async def main_async(args: argparse.Namespace) -> None:
                                              "questions", "seconds", "max_queue_wait_s")}
     config |= {k: base[k] for k in ("llm_variant", "llm_spinning", "llm_nice") if k in base}
     head = (f"# Overload ({'small check' if args.small else 'full run'})\n\n{json.dumps(config)}\n\n"
-            "Refusal = time to a 503/429; TTFT of accepted requests. Figures from a busy machine "
-            "are provisional.\n\n")
+            "Refusal = time to a 503/429; TTFT of accepted requests. Load average (1 min) at the "
+            f"end: {os.getloadavg()[0]:.2f}, the run's own load included.\n\n")
     write(args.out, {"machine": machine(), "config": config, "summary": summary,
                      "records": [asdict(r) for r in records]}, head + table)
     plot(records, RESULTS / f"{args.out}.png")

@@ -4,8 +4,9 @@
 
 Each setting is configs/local.yaml with one change, started by `make serve` in turn (one app at a
 time: they cannot share the 2 cores fairly), then loaded at 1 and 16 streams with distinct
-128-token prompts and 128 new tokens, as bench.peer does. Run it twice in reverse order to see the
-drift of a shared machine; the last row names what local.yaml sets.
+128-token prompts and 128 new tokens, as bench.peer does. The first row is configs/local.yaml as
+served; every other row changes one setting from it. Run it twice in reverse order to see the
+drift of a shared machine.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import yaml
 from .common import RESULTS, markdown_table, write
 from .peer import APP_PORT, PROMPT_TOKENS, ROOT, make_prompts, measure, process, served_args
 
-SETTINGS = {  # each names both settings: the rest comes from configs/local.yaml
-    "no spinning": {"llm_spinning": False, "stream_interval_ms": 0},
-    "spinning within a step": {"llm_spinning": "within_run", "stream_interval_ms": 0},
-    "spinning within a step, 100 ms stream interval": {"llm_spinning": "within_run",
-                                                       "stream_interval_ms": 100},
+# The served default, then one change from it per row: what each of its choices is worth.
+SETTINGS = {
+    "served (configs/local.yaml)": {},
+    "model at normal priority (llm_nice 0)": {"llm_nice": 0},
+    "no stream interval (stream_interval_ms 0)": {"stream_interval_ms": 0},
+    "no spinning (llm_spinning false)": {"llm_spinning": False},
 }
 PLAN = {1: 4, 16: 32}
 
@@ -60,8 +62,8 @@ async def run(args: argparse.Namespace) -> None:
                            [[r["setting"], r["streams"], r["gen_tok_s"], r["ttft_p50_ms"],
                              r["ttft_p99_ms"], r["itl_p50_ms"]] for r in rows])
     table += (f"\nconfigs/local.yaml sets llm_spinning: {local.get('llm_spinning')}, stream_interval_ms: "
-              f"{local.get('stream_interval_ms', 0)}. Settings measured one after another "
-              f"(load average at the end {os.getloadavg()[0]:.2f}).\n")
+              f"{local.get('stream_interval_ms', 0)}, llm_nice: {local.get('llm_nice', 0)}. Settings "
+              f"measured one after another (load average at the end {os.getloadavg()[0]:.2f}).\n")
     write("settings", {"rows": rows}, table)
 
 
