@@ -25,7 +25,7 @@ from .peer import APP_PORT, PROMPT_TOKENS, ROOT, make_prompts, measure, process,
 # The served default, then one change from it per row: what each of its choices is worth.
 SETTINGS = {
     "served (configs/local.yaml)": {},
-    "model at normal priority (llm_nice 0)": {"llm_nice": 0},
+    "model below the proxy in CPU priority (llm_nice 10)": {"llm_nice": 10},
     "no stream interval (stream_interval_ms 0)": {"stream_interval_ms": 0},
     "no spinning (llm_spinning false)": {"llm_spinning": False},
 }
