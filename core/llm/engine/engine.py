@@ -336,8 +336,15 @@ class LLMEngine:
         """Free a decoding sequence's slot for another tenant (scheduler.preemptions). Its KV
         goes to the prefix cache, so resuming it (prompt + output so far, prefilled again)
         mostly copies blocks back; without a prefix cache it is recomputed."""
-        self._cache_kv(seq, seq.all_ids[:int(self.slots.lens[seq.slot])])
-        self.slots.lens[seq.slot] = 0
+        self._vacate(seq, keep_kv=True)
+
+    def _vacate(self, seq: Sequence, keep_kv: bool) -> None:
+        """Empty the sequence's slot (its KV kept in the prefix cache if asked: every token fed
+        so far, reusable by the next turn of this chat) and drop what it held elsewhere."""
+        if seq.slot >= 0:
+            if keep_kv:
+                self._cache_kv(seq, seq.all_ids[:int(self.slots.lens[seq.slot])])
+            self.slots.lens[seq.slot] = 0
         if self.prefix_cache is not None:
             self.prefix_cache.release(seq.prefix_blocks)
             seq.prefix_blocks = []
@@ -395,16 +402,7 @@ class LLMEngine:
         if seq.finished:
             return
         seq.status = Status.FINISHED
-        if seq.slot >= 0:
-            # The slot's KV holds every token fed so far: keep it for the next turn of this chat.
-            if reason != "error":
-                self._cache_kv(seq, seq.all_ids[:int(self.slots.lens[seq.slot])])
-            self.slots.lens[seq.slot] = 0
-        if self.prefix_cache is not None:
-            self.prefix_cache.release(seq.prefix_blocks)
-            seq.prefix_blocks = []
-        if self.spec is not None:
-            self.spec.forget(seq)
+        self._vacate(seq, keep_kv=reason != "error")
         self.scheduler.release(seq)
         if reason != "stop" or not seq.decoder.stopped:
             text += seq.decoder.flush()
