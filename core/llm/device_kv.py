@@ -1,8 +1,9 @@
 """KV slots in the execution provider's memory (the GPU's, for CUDA).
 
 With host slots (kv_slots.KVSlots) the CUDA provider copies the bound slot range's KV to the GPU
-before every forward and back after it: at 16 rows that copy, not the model, set the decode speed
-(bench/results/gpu_smoke_decode.json, engine vs graph). Here each layer's keys and values are one
+before every forward and back from another buffer after it: the output was wrong (only the new
+positions are written in place) and the copy set the decode speed
+(bench/results/gpu_smoke_host_kv.json). Here each layer's keys and values are one
 OrtValue allocated on the device; a slot range [lo, hi) is bound by address (slots are the
 outermost dimension, so a range is one contiguous block), and the graph appends in place there
 as it does on the host. Only the prefix cache moves KV across: `read` and `write` copy one slot's
