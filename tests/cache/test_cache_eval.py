@@ -32,6 +32,11 @@ def test2_pairs() -> list[ce.Pair]:
     return ce.load_pairs(ce.TEST2_DIR)
 
 
+@pytest.fixture(scope="module")
+def test3_pairs() -> list[ce.Pair]:
+    return ce.load_pairs(ce.TEST3_DIR)
+
+
 def test_pair_set_is_large_and_varied(pairs, test_pairs):
     everything = pairs + test_pairs
     assert len(everything) >= 1500
@@ -43,25 +48,30 @@ def test_pair_set_is_large_and_varied(pairs, test_pairs):
     assert len({p.kind for p in everything if not p.same}) >= 10
 
 
-def test_held_out_set_is_large_and_new(pairs, test_pairs, test2_pairs):
-    assert len(test2_pairs) >= 900 and sum(not p.same for p in test2_pairs) >= 550
-    earlier = pairs + test_pairs
-    assert not {p.topic for p in test2_pairs} & {p.topic for p in earlier}
+@pytest.mark.parametrize("name", ["test2", "test3"])
+def test_later_sets_are_large_and_new(name, pairs, test_pairs, test2_pairs, test3_pairs):
+    sets = {"test": test_pairs, "test2": test2_pairs, "test3": test3_pairs}
+    new = sets[name]
+    assert len(new) >= 800 and sum(not p.same for p in new) >= 480
+    earlier = pairs + [p for s in list(sets)[: list(sets).index(name)] for p in sets[s]]
+    assert not {p.topic for p in new} & {p.topic for p in earlier}
     seen = {frozenset((p.a.lower(), p.b.lower())) for p in earlier}
-    assert not [p for p in test2_pairs if frozenset((p.a.lower(), p.b.lower())) in seen]
+    assert not [p for p in new if frozenset((p.a.lower(), p.b.lower())) in seen]
+    assert len({frozenset((p.a, p.b)) for p in new}) == len(new)
     # one false hit in its near misses still bounds the rate under 1 %
-    assert ce.clopper_pearson_upper(1, sum(not p.same for p in test2_pairs)) <= ce.MAX_FALSE_HIT_UB
+    assert ce.clopper_pearson_upper(1, sum(not p.same for p in new)) <= ce.MAX_FALSE_HIT_UB
 
 
-def test_splits_are_topic_disjoint(pairs, test_pairs, test2_pairs):
-    split_of = ce.assign_splits(pairs, test_pairs, test2_pairs)
-    everything = pairs + test_pairs + test2_pairs
+def test_splits_are_topic_disjoint(pairs, test_pairs, test2_pairs, test3_pairs):
+    split_of = ce.assign_splits(pairs, test_pairs, test2_pairs, test3_pairs)
+    everything = pairs + test_pairs + test2_pairs + test3_pairs
     topics = {s: {p.topic for p in everything if split_of[p.topic] == s} for s in ce.SPLITS}
     for i, a in enumerate(ce.SPLITS):
         for b in ce.SPLITS[i + 1:]:
             assert not topics[a] & topics[b], (a, b)
     assert topics["test"] == {p.topic for p in test_pairs}
     assert topics["test2"] == {p.topic for p in test2_pairs}
+    assert topics["test3"] == {p.topic for p in test3_pairs}
     # each split holds both labels; development splits roughly their share
     for s in ce.SPLITS:
         members = [p for p in everything if split_of[p.topic] == s]
@@ -109,11 +119,11 @@ def test_clopper_pearson_upper_bound():
     assert ce.clopper_pearson_upper(5, 5) == 1.0
 
 
-def test_served_default_is_the_evaluated_choice(pairs, test_pairs, test2_pairs):
+def test_served_default_is_the_evaluated_choice(pairs, test_pairs, test2_pairs, test3_pairs):
     """config.py's and align.py's defaults must be what bench/cache_eval.py chose on the
     development splits."""
     report = json.loads(RESULTS.read_text())
-    total = len(pairs) + len(test_pairs) + len(test2_pairs)
+    total = len(pairs) + len(test_pairs) + len(test2_pairs) + len(test3_pairs)
     assert sum(v["pairs"] for v in report["splits"].values()) == total, "pairs changed: rerun cache_eval"
     chosen = report["chosen"]
     assert chosen["rule"] == ce.ALIGN_RULE and chosen["rescore"] is DEFAULT_RESCORE
