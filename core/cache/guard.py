@@ -16,7 +16,11 @@ symbolic features that decide the answer and that sentence embeddings blur:
   the two prompts using different sides of one contrast set;
 - the direction around "to/into/from/vs/than/over/->": a swapped pair;
 - the same content words in swapped roles ("cats hate dogs" vs "dogs hate
-  cats"), where moving one phrase ("in Python, ...") is allowed.
+  cats"), where moving one phrase ("in Python, ...") is allowed;
+- inline code (`...`) when both prompts quote some: code is literal, so the
+  quoted spans must be the same, case and symbols included (`[a-z]` is not `[A-Z]`,
+  `const int*` is not `int* const`), which the uncased embedder and the word
+  tokenizer both lose. Their order may differ ("`val` vs `var`").
 
 Every check errs towards rejecting: a false reject only costs a cache miss,
 a false accept returns a wrong answer. Pure Python: ~30 µs to extract the
@@ -635,6 +639,13 @@ def _missing(fa: Features, fb: Features) -> set[str]:
     return out
 
 
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def _code_spans(text: str) -> list[str]:
+    return sorted(" ".join(span.split()) for span in _CODE_SPAN.findall(text))
+
+
 def check(a: str, b: str) -> tuple[bool, str]:
     """Do prompts ``a`` and ``b`` ask the same thing, as far as cheap features tell?
 
@@ -642,6 +653,9 @@ def check(a: str, b: str) -> tuple[bool, str]:
     """
     if a == b:
         return True, "ok"
+    code_a, code_b = _code_spans(a), _code_spans(b)
+    if code_a and code_b and code_a != code_b:
+        return False, f"code differs: {code_a} vs {code_b}"
     fa, fb = features(a), features(b)
     qa, qb = fa.quantities, fb.quantities
     if qa != qb:  # "1 joule" vs "one joule": a bare 1 matches a spelled-out "one" not read as a number

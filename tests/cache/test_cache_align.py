@@ -43,19 +43,60 @@ def test_accepts_needs_the_cosine_floor_and_the_guard():
     assert not align.accepts(0.999, False, STORED, STORED)
 
 
-def test_same_words_at_a_lower_cosine_are_refused():
-    """The same word pieces in another order: the cosine alone says how much the order
-    mattered, and the fitted model refuses a drop to 0.95 (a swap such as boss/coworker)."""
-    reordered = tokens(["tell", "coworker", "about", "boss"], [0, 3, 2, 1])
-    assert align.accepts(0.999, True, STORED, reordered)
-    assert not align.accepts(0.95, True, STORED, reordered)
+def test_a_swap_is_refused_whatever_the_model_says():
+    stored, swapped = words("tell my boss about my coworker"), words("tell my coworker about my boss")
+    assert align.structure(stored, swapped)[0]
+    generous = (0.0,) * len(align.FEATURES) + (100.0,)  # a model that accepts everything
+    assert align.accepts(0.999, True, stored, stored, generous)
+    assert not align.accepts(0.999, True, stored, swapped, generous)
+
+
+def test_same_words_moved_or_swapped():
+    """The same word pieces: one block moved is left to the model (a hit at a high cosine,
+    less likely the lower the cosine); two terms swapped are refused outright."""
+    moved = tokens(["about", "coworker", "tell", "boss"], [2, 3, 0, 1])
+    swapped = tokens(["tell", "coworker", "about", "boss"], [0, 3, 2, 1])
+    assert align.accepts(0.999, True, STORED, moved)
+    assert align.logit(align.features(0.9, True, STORED, moved)) < align.logit(
+        align.features(0.999, True, STORED, moved))
+    assert not align.accepts(0.999, True, STORED, swapped)
 
 
 def test_logit_is_the_weighted_sum():
     feats = align.features(0.9, True, STORED, STORED)
-    assert feats == pytest.approx([0.9, 1.0, 0.0, 1.0, 1.0])
-    w = (1.0, 2.0, 3.0, 4.0, 5.0, -6.0)
+    assert feats == pytest.approx([0.9, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    assert len(feats) == len(align.FEATURES) == len(align.WEIGHTS) - 1
+    w = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 9.0, -6.0)
     assert align.logit(feats, w) == pytest.approx(0.9 + 2 + 0 + 4 + 5 - 6)
+
+
+def words(text: str) -> TokenVectors:
+    pieces = ["[CLS]", *text.split(), "[SEP]"]
+    return tokens(pieces, [i % 8 for i in range(len(pieces))])
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [
+    # swapped terms around a kept word: a swap, both ways round
+    ("what is the probability of a given b ?", "what is the probability of b given a ?", (1, 0, 0)),
+    ("tell my boss about my coworker", "tell my coworker about my boss", (1, 0, 0)),
+    ("is every square a rectangle", "is every rectangle a square", (1, 0, 0)),
+    # one block moved: no crossing, whatever its length
+    ("in 1991 , what happened to the soviet union", "what happened to the soviet union in 1991", (0, 0, 0)),
+    ("how do i get to the airport from the hotel", "how do i get from the hotel to the airport", (0, 0, 0)),
+    # a symmetric connective between the swapped terms: the same question
+    ("difference between cats and dogs", "difference between dogs and cats", (0, 0, 0)),
+    # one word replaced in place; a word added
+    ("how do i cast on ?", "how do i cast off ?", (0, 1, 0)),
+    ("pace for a 2 hour half marathon", "pace for a 2 hour marathon", (0, 0, 1)),
+    ("pace for a 2 hour marathon", "pace for a 2 hour half marathon", (0, 0, 1)),
+    # a rewording changes several words: none of the three, even where two words cross
+    ("how do i start knitting", "what is the way to begin a knitting project", (0, 0, 0)),
+    ("how long does it take to run 5 km", "how long does a 5 km run take", (0, 0, 0)),
+])
+def test_structure_of_the_edit(a, b, expected):
+    """(swapped, replaced_one, added): swapped is refused outright, the others are features."""
+    assert align.structure(words(a), words(b)) == expected
+    assert align.structure(words(b), words(a)) == expected
 
 
 def test_fit_logistic_finds_the_separating_direction():

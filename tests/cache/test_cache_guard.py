@@ -131,8 +131,12 @@ def test_guard_on_eval_set():
         ("How do I change my car's oil?", "How do I change my car's air filter?", "one word"),
         ("How long does salmon last in the fridge?", "How long does ground beef last in the fridge?",
          "one word"),
-        # operators the tokenizer does not see
-        ("What does `x is None` check?", "What does `x == None` check?", "operators"),
+        # operators the tokenizer does not see (quoted code is compared literally first)
+        ("What does `x is None` check?", "What does `x == None` check?", "code"),
+        ("What does x is None check?", "What does x == None check?", "operators"),
+        # quoted code is literal: case and order inside a span matter
+        ("What does the regex `\\d+` match?", "What does the regex `\\D+` match?", "code"),
+        ("What does `const int*` mean?", "What does `int* const` mean?", "code"),
         ("Solve 3x + 7 = 2", "Solve 3x - 7 = 2", "operators"),
         # a rate is a unit even without a number
         ("How many problems should I solve?", "How many problems should I solve per day?", "units"),
@@ -160,6 +164,12 @@ def test_rejects_near_misses_new_rules(a, b, reason):
     ok, why = guard.check(a, b)
     assert not ok and reason in why, why
     assert guard.check(b, a)[0] is False
+
+
+def test_quoted_code_may_come_in_another_order():
+    assert guard.check("What is the difference between `val` and `var` in Kotlin?",
+                       "What is the difference between `var` and `val` in Kotlin?") == (True, "ok")
+    assert guard.check("What does `git stash` do?", "what does `git  stash` do") == (True, "ok")
 
 
 @pytest.mark.parametrize(
