@@ -88,11 +88,14 @@ bench: install-test models
 	$(BIN)/python -m bench.structured
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.quantization
+	$(BIN)/python -m core.optimize --target-latency-ms 30 --max-ppl-increase 2%
+	$(BIN)/python -m bench.quality_gate
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.prefix_cache
 	$(BIN)/python -m bench.response_cache
 	$(BIN)/python -m bench.cache_eval
 	$(BIN)/python -m bench.speculative
 	$(BIN)/python -m bench.speculative_c16
+	$(BIN)/python -m bench.speculative_placement
 	$(BIN)/python -m bench.soak
 	$(BIN)/python -m bench.readme
