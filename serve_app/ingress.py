@@ -97,18 +97,19 @@ class Ingress:
         self.token_texts = TokenTexts(self.chat.tokenizer)
 
     # -- generation, cached or not -----------------------------------------------------------
-    def admit(self, authorization: str | None) -> None:
-        """Refusals first, from the headers alone (EarlyRefusal calls it before FastAPI parses
-        the body): the key's quota (429), then the engine's expected wait for its tenant (503).
+    async def admit(self, authorization: str | None, decode_tokens: int) -> int | None:
+        """Refusals first, from the headers and the body's size (EarlyRefusal calls it before
+        FastAPI validates the body): the key's quota (429), then the engine's expected wait for
+        its tenant (503). Returns the view's reservation for the route (None: not counted).
         A missing or bad key passes here: the route answers it 401."""
         arrived = time.perf_counter()
         try:
             tenant = tenant_for(authorization, self.keys)
         except APIError:
-            return
+            return None
         try:
             self.quotas.admit(tenant)
-            self.load.check(tenant)
+            return await self.load.check(tenant, decode_tokens)
         except APIError as exc:
             self.metrics.refused("quota" if exc.status == 429 else "expected_wait_early",
                                  time.perf_counter() - arrived)
@@ -127,7 +128,7 @@ class Ingress:
         prompt_ids = [self._tokenize(p, param) for p in prompts()]
         budget = max_tokens * req.n * len(prompt_ids)  # every choice may use all of max_tokens
         prompt_tokens = sum(len(ids) for ids in prompt_ids)
-        self.load.sent(tenant, budget)
+        reservation = request.scope.get("state", {}).get("reservation")
         self.quotas.spend_tokens(tenant, prompt_tokens + budget)
         meta = {"tenant": tenant, "request_id": request_id(request),
                 "timeout_s": None if timeout_s is None else timeout_s - (time.perf_counter() - arrived)}
@@ -138,7 +139,9 @@ class Ingress:
         found = await self.cache.lookup(plan.keys) if plan.look_up else Lookup()
         if found.body is not None:
             self.quotas.give_back(tenant, budget)  # a cached answer costs no generation
+            self.load.release(reservation)
             return self._replay(reply, found, req.stream, include_usage)
+        self.load.sent(reservation, prompt_tokens, budget)  # to the engine now, at its real size
         runs = self._runs(endpoint, req, prompt_ids, max_tokens, structure)
         builders = [ChoiceBuilder(i, endpoint, self.token_texts, runs[0][1][0]["logprobs"] is not None,
                                   bool(structure.tools)) for i in range(len(runs) * req.n)]

@@ -1,42 +1,51 @@
-"""Early refusals at the ingress: a recent view of the LLM engine's expected wait.
+"""Early refusals at the ingress: a recent view of the LLM engine's queue.
 
 A refusal decided by the engine costs a hop, the LLM replica's event loop (busy streaming
 tokens) and, before that, tokenization and the cache lookup here. The ingress polls the engine's
-`load()` (a few hundred bytes, every POLL_S while requests flow) and refuses at once a request
-whose tenant would already wait longer than `max_queue_wait_s` before its own prompt is even
-counted. Only a refusal the engine would also make is made here early: the view may be up to
-STALE_S old, so past that it is ignored and the engine decides. Requests sent since the view was
-taken count too, each as the engine would count a waiting sequence (its max_tokens of decode
-steps, spread over the slots): a burst arriving within one poll is refused here, not one by one
-at the engine. With several LLM replicas, each
-poll reads one replica (Serve's router picks): the engine stays the authority.
+`load()` (a few hundred bytes, every POLL_S while requests flow): per tenant, the queue a new
+request would join (when each slot frees, prompt tokens ahead) and the engine's speeds. A request
+is refused at once when its tenant would already wait longer than `max_queue_wait_s` before its
+own prompt is even counted. Requests admitted since the view was taken join that queue here the
+way the engine would queue them (`QueueState.push`): a burst arriving within one poll is refused
+here, not one by one at the engine; the same arithmetic as the engine's, so a refusal made here
+is one the engine would make. The view may be up to STALE_S old; past that it is not trusted.
+When there is no fresh view (the first request after an idle spell), a request waits for the
+poll in flight (a few ms, at most FIRST_VIEW_WAIT_S) rather than pass unseen: a cold burst of
+200 used to reach the engine whole and be refused there at 2-3 s. With several LLM replicas,
+each poll reads one replica (Serve's router picks): the engine stays the authority.
 
 The check runs in `EarlyRefusal`, a plain ASGI middleware in front of FastAPI: a refusal is
-decided from the headers alone (key -> tenant, its quota, this view), without FastAPI's routing,
-body parsing and validation, which were about half of the ingress' CPU per refusal.
+decided from the headers and the raw body's max_tokens (key -> tenant, its quota, this view),
+without FastAPI's routing and validation, which were about half of the ingress' CPU per refusal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 import time
+from dataclasses import dataclass
 
 from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.llm.engine.admission import retry_after_s
+from core.llm.engine.admission import Pending, QueueState, retry_after_s
 
 from .errors import APIError, error_response
 
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
+DEFAULT_MAX_TOKENS = {"/v1/chat/completions": 512, "/v1/completions": 16}  # as in schemas.py
 
 POLL_S = 0.25
 STALE_S = 1.0  # an older view is not trusted to refuse
 IDLE_S = 10.0  # stop polling after this long without a request
+FIRST_VIEW_WAIT_S = 0.5  # how long a request waits for a view when there is none
+RESERVATION_TTL_S = 3.0  # an admitted request the engine has surely seen (or that never went)
 
 logger = logging.getLogger("ray.serve")
 
@@ -54,6 +63,17 @@ class IngressMetrics:
         self.refusal_s.observe(seconds)
 
 
+@dataclass
+class Reservation:
+    """A request admitted here and not yet in a view: its tenant and what it will cost."""
+
+    tenant: str
+    decode: int  # max_tokens x choices
+    prefill: int = 0  # prompt tokens, once tokenized
+    admitted: float = 0.0
+    sent_in_poll: int | None = None  # polls started before it went to the engine
+
+
 class LoadView:
     def __init__(self, llm: DeploymentHandle, max_queue_wait_s: float | None) -> None:
         self.llm, self.max_wait = llm, max_queue_wait_s
@@ -61,47 +81,85 @@ class LoadView:
         self.at = 0.0
         self.last_request = 0.0
         self._task: asyncio.Task | None = None
-        self.sent_tokens: dict[str, int] = {}  # max_tokens sent per tenant since the snapshot
+        self._viewed: asyncio.Event | None = None  # set by each poll that lands
+        self._polls = 0
+        self._ids = itertools.count()
+        self.reservations: dict[int, Reservation] = {}
 
-    def check(self, tenant: str) -> None:
-        """Raise 503 now if the engine would refuse this tenant's request anyway."""
+    async def check(self, tenant: str, decode_tokens: int) -> int | None:
+        """Raise 503 now if the engine would refuse this tenant's request anyway; otherwise
+        count it (a reservation id, for `sent`/`release`). None: no view, the engine decides."""
         self.last_request = time.monotonic()
         if self.max_wait is None:
-            return
+            return None
         if self._task is None or self._task.done():
+            self._viewed = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._poll())
-        if self.snapshot is None or time.monotonic() - self.at > STALE_S:
-            return
-        snap = self.snapshot
-        waits = snap["expected_wait_s"]
-        sent = self.sent_tokens.get(tenant, 0)
-        wait = waits.get(tenant, waits["*"]) + sent * snap["full_step_s"] / snap["slots"]
+        if not self._fresh():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._viewed.wait(), FIRST_VIEW_WAIT_S)
+            if not self._fresh():
+                return None
+        wait = self.expected_wait(tenant)
         if wait > self.max_wait:
             retry = str(retry_after_s(wait, self.max_wait))
             raise APIError(503, f"the model is at capacity: expected wait {wait:.1f}s exceeds "
                                 f"{self.max_wait:g}s; retry after {retry} s", None, "overloaded",
                            "server_error", headers={"Retry-After": retry})
+        rid = next(self._ids)
+        self.reservations[rid] = Reservation(tenant, decode_tokens, admitted=time.monotonic())
+        return rid
 
-    def sent(self, tenant: str, max_tokens: int) -> None:
-        """A request went on to the engine: it waits there until the next snapshot shows it."""
-        self.sent_tokens[tenant] = self.sent_tokens.get(tenant, 0) + max_tokens
+    def expected_wait(self, tenant: str) -> float:
+        """The engine's wait for this tenant's next request, plus what was admitted here since."""
+        snap = self.snapshot
+        queues = snap["queues"]
+        q = queues.get(tenant, queues["*"])
+        state = QueueState(list(q["free_at"]), q["prefill"], q["queued"])
+        for r in self.reservations.values():
+            if r.tenant == tenant:
+                state.push(Pending(r.prefill, r.decode))
+        step_s = snap["step_s"]
+        return state.wait(0, snap["slots"], lambda b: step_s[b - 1], snap["prefill_tok_s"])
+
+    def sent(self, rid: int | None, prompt_tokens: int, decode_tokens: int) -> None:
+        """The request goes to the engine now, at its real size."""
+        r = self.reservations.get(rid) if rid is not None else None
+        if r is not None:
+            r.prefill, r.decode, r.sent_in_poll = prompt_tokens, decode_tokens, self._polls
+
+    def release(self, rid: int | None) -> None:
+        """It will not reach the engine (a cache hit, an invalid body)."""
+        if rid is not None:
+            self.reservations.pop(rid, None)
+
+    def _fresh(self) -> bool:
+        return self.snapshot is not None and time.monotonic() - self.at <= STALE_S
 
     async def _poll(self) -> None:
         while time.monotonic() - self.last_request < IDLE_S:
             with contextlib.suppress(Exception):  # a failed poll leaves the view to go stale
-                sent_before = dict(self.sent_tokens)
+                self._polls += 1
+                polls_before = self._polls
                 snapshot = await self.llm.load.remote()
-                # what was sent while the poll was out may be missing from it: keep counting it
-                self.sent_tokens = {t: n - sent_before.get(t, 0) for t, n in self.sent_tokens.items()
-                                    if n - sent_before.get(t, 0) > 0}
-                self.snapshot, self.at = snapshot, time.monotonic()
+                now = time.monotonic()
+                # what went to the engine before this poll left is in the snapshot; the rest
+                # (sent since, or still being tokenized) keeps counting until a later one
+                self.reservations = {
+                    i: r for i, r in self.reservations.items()
+                    if not (r.sent_in_poll is not None and r.sent_in_poll < polls_before)
+                    and now - r.admitted < RESERVATION_TTL_S}
+                self.snapshot, self.at = snapshot, now
+                self._viewed.set()
             await asyncio.sleep(POLL_S)
         self.snapshot = None
 
 
 class EarlyRefusal:
     """ASGI middleware: a generation request the ingress would refuse (quota: 429, expected
-    wait: 503, see `Ingress.admit`) is answered before FastAPI reads its body."""
+    wait: 503, see `Ingress.admit`) is answered before FastAPI routes and validates it. The
+    body is read here (bytes, a plain json.loads for max_tokens and n) and handed on unchanged;
+    the admission's reservation id goes to the route in scope["state"]."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -110,11 +168,56 @@ class EarlyRefusal:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(GENERATION_PATHS):
             authorization = next((v.decode("latin-1") for k, v in scope["headers"]
                                   if k == b"authorization"), None)
+            body = await _read_body(receive)
+            path = next(p for p in GENERATION_PATHS if scope["path"].endswith(p))
             try:  # the Ingress replica this app runs in (how Serve's own routes find it)
-                serve.get_replica_context().servable_object.admit(authorization)
+                rid = await serve.get_replica_context().servable_object.admit(
+                    authorization, _decode_budget(body, DEFAULT_MAX_TOKENS[path]))
             except APIError as exc:
                 response = error_response(exc.status, exc.message, exc.param, exc.code, exc.kind,
                                           exc.headers)
                 await response(scope, receive, send)
                 return
+            scope.setdefault("state", {})["reservation"] = rid
+            receive = _replay(body, receive)
         await self.app(scope, receive, send)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body once more for the app, then whatever the connection says next (a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _decode_budget(body: bytes, default_max_tokens: int) -> int:
+    """max_tokens x n as the body asks (validation comes later, in the route): what the request
+    may cost the engine in decode steps."""
+    try:
+        fields = json.loads(body)
+        max_tokens = fields.get("max_completion_tokens") or fields.get("max_tokens") or default_max_tokens
+        n = fields.get("n") or 1
+        prompts = fields.get("prompt")
+        copies = len(prompts) if isinstance(prompts, list) and prompts and isinstance(prompts[0], str) else 1
+        return max(1, int(max_tokens)) * max(1, int(n)) * copies
+    except (ValueError, TypeError, AttributeError):
+        return default_max_tokens  # the route answers 400

@@ -212,29 +212,47 @@ def test_quota_buckets_refuse_with_retry_after_and_take_back_unused_tokens():
     quotas.admit("big")
 
 
-def test_ingress_view_refuses_early_counting_what_it_sent_since_the_snapshot():
+def test_ingress_view_refuses_early_as_the_engine_would_counting_what_it_admitted_since():
     import asyncio
 
+    from core.llm.engine.admission import queue_state
     from serve_app.errors import APIError
     from serve_app.overload import LoadView
 
-    class LLMLoad:  # stands in for the LLM handle's `load.remote()`: a fixed engine snapshot
+    speed = Throughput()
+    speed.prefill_tok_s, speed.decode_step_s = 1000.0, 0.1  # no steps seen: 0.1 s a step
+
+    class LLMLoad:  # stands in for the LLM handle's `load.remote()`: an engine snapshot
         def __init__(self) -> None:
-            self.load = self
+            self.load, self.polls = self, 0
 
         async def remote(self) -> dict:
-            return {"expected_wait_s": {"a": 2.0, "*": 0.5}, "slots": 2, "full_step_s": 0.1}
+            self.polls += 1
+            # two slots: one busy for 20 more steps, one free
+            running = [Pending(0, 20)]
+            queues = {t: queue_state(running, [], 2) for t in ("a", "*")}
+            return {"queues": {t: vars(q) | {"free_at": list(q.free_at)} for t, q in queues.items()},
+                    "step_s": [speed.step_s(1), speed.step_s(2)], "slots": 2,
+                    "prefill_tok_s": speed.prefill_tok_s}
 
     async def scenario() -> None:
-        view = LoadView(LLMLoad(), max_queue_wait_s=5.0)
-        view.check("a")  # no view yet: the engine decides
-        await asyncio.sleep(0.05)  # the first poll lands
-        view.check("a")  # 2 s expected: fine
-        view.sent("a", 100)  # 100 tokens over 2 slots at 0.1 s a step: +5 s
+        llm = LLMLoad()
+        view = LoadView(llm, max_queue_wait_s=5.0)
+        # no view yet: the first request waits for the first poll instead of passing unseen
+        first = await view.check("a", 100)
+        assert llm.polls == 1 and first is not None
+        # the engine would give it the free slot; the next one waits for the busy slot's 20
+        # steps (2 s): fine; then both slots are held for 100+ steps: 10 s > 5 s, refused
+        second = await view.check("a", 100)
         with pytest.raises(APIError) as refused:
-            view.check("a")
-        assert refused.value.status == 503 and int(refused.value.headers["Retry-After"]) >= 2
-        view.check("b")  # another tenant: its own (DRR) estimate
+            await view.check("a", 100)
+        assert refused.value.status == 503 and int(refused.value.headers["Retry-After"]) >= 5
+        engine_view = queue_state([Pending(0, 20)], [Pending(0, 100), Pending(0, 100)], 2)
+        assert view.expected_wait("a") == pytest.approx(
+            engine_view.wait(0, 2, speed.step_s, speed.prefill_tok_s))
+        assert await view.check("b", 100) is not None  # another tenant: its own queue ("*")
+        view.release(second)  # a cache hit: it never reaches the engine
+        assert await view.check("a", 100) is not None
         view._task.cancel()
 
     asyncio.run(scenario())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Until the engine has measured itself: a small model on a few CPU cores (replaced within a
@@ -83,22 +84,47 @@ class Pending:
     decode: int
 
 
+@dataclass
+class QueueState:
+    """Where a new request would land: when each slot frees (decode steps from now, a min-heap),
+    the prompt tokens to prefill before its own, and how many sequences hold or wait for a slot.
+    The engine builds it from its queue; `load()` ships it so the ingress can add the requests it
+    sent since (`push`) and compute the same wait the engine would."""
+
+    free_at: list[int]
+    prefill: int
+    queued: int
+
+    def push(self, seq: Pending) -> None:
+        """A sequence joins the queue: it takes the earliest free slot and holds it."""
+        start = heapq.heappop(self.free_at) if self.free_at else 0
+        heapq.heappush(self.free_at, start + seq.decode)
+        self.prefill += seq.prefill
+        self.queued += 1
+
+    def wait(self, prompt_tokens: int, n_slots: int, step_s: Callable[[int], float],
+             prefill_tok_s: float) -> float:
+        """Seconds until the first token of a new request with `prompt_tokens`."""
+        steps = self.free_at[0] if self.free_at else 0
+        batch = min(n_slots, self.queued + 1)  # the batch the wait runs at
+        return steps * step_s(batch) + (self.prefill + prompt_tokens) / prefill_tok_s
+
+
+def queue_state(running: list[Pending], ahead: list[Pending], n_slots: int) -> QueueState:
+    """running: sequences holding a slot; ahead: waiting sequences admitted before a new one."""
+    free_at = [p.decode for p in running] + [0] * (n_slots - len(running))
+    heapq.heapify(free_at)
+    state = QueueState(free_at, sum(p.prefill for p in running), len(running))
+    for seq in ahead:
+        state.push(seq)
+    return state
+
+
 def expected_wait(running: list[Pending], ahead: list[Pending], n_slots: int, prompt_tokens: int,
                   speed: Throughput) -> float:
-    """Seconds until a new request with `prompt_tokens` gets its first token.
-
-    running: sequences holding a slot; ahead: waiting sequences admitted before the new one.
-    """
-    free_at = [p.decode for p in running] + [0] * (n_slots - len(running))  # in decode steps
-    heapq.heapify(free_at)
-    prefill = sum(p.prefill for p in running)
-    for seq in ahead:
-        start = heapq.heappop(free_at)
-        heapq.heappush(free_at, start + seq.decode)
-        prefill += seq.prefill
-    steps = free_at[0] if free_at else 0
-    batch = min(n_slots, len(running) + len(ahead) + 1)  # the batch the wait runs at
-    return steps * speed.step_s(batch) + (prefill + prompt_tokens) / speed.prefill_tok_s
+    """Seconds until a new request with `prompt_tokens` gets its first token."""
+    return queue_state(running, ahead, n_slots).wait(prompt_tokens, n_slots, speed.step_s,
+                                                     speed.prefill_tok_s)
 
 
 def retry_after_s(expected_s: float, limit_s: float) -> int:

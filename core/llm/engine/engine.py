@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
@@ -27,7 +27,7 @@ from ..model_runner import ModelRunner
 from ..prefix_cache import PrefixCache, PrefixCacheStats
 from ..sampling import SamplingParams
 from ..speculative import SpecStats
-from .admission import Overloaded, Pending, Throughput, expected_wait, retry_after_s
+from .admission import Overloaded, Pending, QueueState, Throughput, queue_state, retry_after_s
 from .rows import pick_token
 from .scheduler import Scheduler, Work
 from .sequence import Output, Sequence, Status
@@ -179,6 +179,11 @@ class LLMEngine:
                              retry_after_s(seq.expected_wait_s, max_wait), "expected_wait")
 
     def _expected_wait(self, tenant: str, prompt_tokens: int) -> float:
+        return self._queue_state(tenant).wait(prompt_tokens, self.config.max_running,
+                                              self.speed.step_s, self.speed.prefill_tok_s)
+
+    def _queue_state(self, tenant: str) -> QueueState:
+        """The queue a new request of `tenant` joins (fair shares decide what is ahead of it)."""
         def left(s: Sequence) -> int:
             return s.params.max_tokens - len(s.output_ids)
 
@@ -190,20 +195,25 @@ class LLMEngine:
             ahead = [Pending(len(s.all_ids), left(s)) for s in self.scheduler.waiting.queues.get(tenant, [])]
         else:
             ahead = [Pending(len(s.all_ids), left(s)) for s in self.scheduler.waiting.ahead_of_new(tenant)]
-        return expected_wait(running, ahead, self.config.max_running, prompt_tokens, self.speed)
+        return queue_state(running, ahead, self.config.max_running)
 
     def load(self, tenants: list[str] = ()) -> dict:
-        """A cheap snapshot for the ingress to refuse before a hop: the expected wait of a new
-        (empty-prompt) request per tenant ("*": a tenant with nothing queued)."""
+        """A cheap snapshot for the ingress to refuse before a hop: per tenant ("*": a tenant
+        with nothing queued) the queue a new request joins and its expected wait, and the speeds
+        to turn more requests into a wait (the ingress adds those it sent since)."""
+        slots = self.config.max_running
         with self._lock:
             waiting = self.scheduler.waiting
             names = set(tenants) | set(waiting.queues) | {s.tenant for s in self.scheduler.active}
+            queues = {t: self._queue_state(t) for t in names | {"*"}}
+            step_s = [self.speed.step_s(b) for b in range(1, slots + 1)]
             return {"running": len(self.scheduler.active), "waiting": len(waiting),
                     "max_queue_wait_s": self.config.max_queue_wait_s,
-                    "expected_wait_s": {t: self._expected_wait(t, 0) for t in names | {"*"}},
+                    "expected_wait_s": {t: q.wait(0, slots, self.speed.step_s, self.speed.prefill_tok_s)
+                                        for t, q in queues.items()},
+                    "queues": {t: asdict(q) for t, q in queues.items()},
                     "prefill_tok_s": self.speed.prefill_tok_s, "decode_step_s": self.speed.decode_step_s,
-                    "slots": self.config.max_running,
-                    "full_step_s": self.speed.step_s(self.config.max_running)}
+                    "step_s": step_s, "slots": slots, "full_step_s": step_s[-1]}
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a sequence (client gone): it leaves at the next step and frees its slot."""
