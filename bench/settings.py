@@ -28,6 +28,7 @@ SETTINGS = {
     "model below the proxy in CPU priority (llm_nice 10)": {"llm_nice": 10},
     "no stream interval (stream_interval_ms 0)": {"stream_interval_ms": 0},
     "no spinning (llm_spinning false)": {"llm_spinning": False},
+    "stream message budget (stream_messages_per_s 40)": {"stream_messages_per_s": 40},
 }
 PLAN = {1: 4, 16: 32}
 
@@ -42,7 +43,8 @@ def config_with(change: dict) -> Path:
 
 async def run(args: argparse.Namespace) -> None:
     rows = []
-    names = list(SETTINGS) if not args.reverse else list(SETTINGS)[::-1]
+    names = [n for n in SETTINGS if not args.only or n == next(iter(SETTINGS)) or args.only in n]
+    names = names if not args.reverse else names[::-1]
     for name in names:
         with process(["make", "-s", "serve", f"SERVE_CONFIG={config_with(SETTINGS[name])}"],
                      RESULTS / "settings_app.log", f"http://127.0.0.1:{APP_PORT}/healthz"):
@@ -64,11 +66,13 @@ async def run(args: argparse.Namespace) -> None:
     table += (f"\nconfigs/local.yaml sets llm_spinning: {local.get('llm_spinning')}, stream_interval_ms: "
               f"{local.get('stream_interval_ms', 0)}, llm_nice: {local.get('llm_nice', 0)}. Settings "
               f"measured one after another (load average at the end {os.getloadavg()[0]:.2f}).\n")
-    write("settings", {"rows": rows}, table)
+    write(args.name, {"rows": rows}, table)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="the served config and the settings whose name contains this")
+    ap.add_argument("--name", default="settings", help="result file name (bench/results/<name>.*)")
     ap.add_argument("--reverse", action="store_true", help="measure the settings in reverse order")
     asyncio.run(run(ap.parse_args()))
 

@@ -134,19 +134,20 @@ class LLMDeployment:
                  spinning: bool | Literal["within_run"] = False,
                  device: str = "auto", engine: dict | None = None,
                  draft_deployment: DeploymentHandle | None = None, stream_interval_ms: float = 0.0,
-                 nice: int = 0) -> None:
+                 stream_messages_per_s: float | None = None, nice: int = 0) -> None:
         self.metrics = EngineMetrics()
+        self.stream_interval_s = stream_interval_ms / 1000
+        self.stream_messages_per_s = stream_messages_per_s
+        self.open_streams = 0
         on_niced_thread(nice, lambda: self._build(variant, threads, spinning, device, engine,
-                                                  draft_deployment, stream_interval_ms))
+                                                  draft_deployment))
         # The grammar tokenizer takes ~1 s: build it now, off the event loop, not on the first
         # constrained request.
         threading.Thread(target=lambda: self.engine.grammar_tokenizer, daemon=True).start()
 
     def _build(self, variant: str, threads: int | None, spinning: bool | Literal["within_run"],
-               device: str, engine: dict | None, draft_deployment: DeploymentHandle | None,
-               stream_interval_ms: float) -> None:
+               device: str, engine: dict | None, draft_deployment: DeploymentHandle | None) -> None:
         args = EngineConfig(**(engine or {}))
-        self.stream_interval_s = stream_interval_ms / 1000
         local_draft = args.speculative == "model" and args.draft_placement == "replica"
         # "within_run", or two sessions alternating in one process: spin within a run, park after.
         park = local_draft or spinning == "within_run"
@@ -201,13 +202,15 @@ class LLMDeployment:
             raise seq
         assert isinstance(seq, Sequence)
         loop, sent_at = asyncio.get_running_loop(), None
+        self.open_streams += 1
         try:
             while True:
                 out = await queue.get()
                 # At most one message per stream interval after the first token: each message
                 # costs ~2 ms of CPU across ingress and proxy, taken from the model's cores.
-                if self.stream_interval_s and sent_at is not None and not out.finish_reason:
-                    await asyncio.sleep(sent_at + self.stream_interval_s - loop.time())
+                interval = self._stream_interval_s()
+                if interval and sent_at is not None and not out.finish_reason:
+                    await asyncio.sleep(sent_at + interval - loop.time())
                 # Coalesce what queued up meanwhile: under load one message carries several
                 # tokens, so the Serve streaming path does not cost a hop per token.
                 while not queue.empty() and not out.finish_reason:
@@ -223,8 +226,18 @@ class LLMDeployment:
                     return
                 sent_at = loop.time()
         finally:
+            self.open_streams -= 1
             if not seq.finished:  # the caller went away: stop decoding, free the slot
                 self.engine.cancel(seq)
+
+    def _stream_interval_s(self) -> float:
+        """The fixed interval, or longer with many streams open: with a message budget for the
+        replica, each of N streams sends at most budget/N messages a second. A stream's own token
+        rate falls as streams are added (16 streams: ~7 tokens/s each), so a fixed 100 ms stops
+        merging tokens just when the cores are shortest; the budget keeps merging them."""
+        if not self.stream_messages_per_s:
+            return self.stream_interval_s
+        return max(self.stream_interval_s, self.open_streams / self.stream_messages_per_s)
 
     async def generate(self, prompt_ids: list[int], params: dict, meta: dict | None = None) -> dict:
         text, logprobs, last = [], [], {}

@@ -43,6 +43,11 @@ class AppArgs(BaseModel):
     stream_interval_ms: float = Field(0.0, ge=0, le=1000, description="streamed tokens are sent at most "
                                       "this often (the first at once): fewer, larger SSE chunks cost "
                                       "Ray/HTTP less CPU per token; 0 sends each token as it comes")
+    stream_messages_per_s: float | None = Field(None, gt=0, description="a budget of streamed "
+                                                "messages per second for the LLM replica, shared "
+                                                "by its open streams: with N open, each sends at "
+                                                "most every N/budget s (never more often than "
+                                                "stream_interval_ms); None: the interval alone")
     embedder_threads: int | None = Field(None, ge=1)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     cache: CacheArgs = Field(default_factory=CacheArgs)
@@ -78,7 +83,8 @@ def build_graph(args: dict, llm_options: dict | None = None,
     llm = llm.bind(variant=cfg.llm_variant, threads=cfg.llm_threads,
                              spinning=cfg.llm_spinning, device=cfg.device,
                              engine=cfg.engine.model_dump(), draft_deployment=draft,
-                             stream_interval_ms=cfg.stream_interval_ms, nice=cfg.llm_nice)
+                             stream_interval_ms=cfg.stream_interval_ms,
+                             stream_messages_per_s=cfg.stream_messages_per_s, nice=cfg.llm_nice)
     embedder = EmbedderDeployment.options(**(embedder_options or {})).bind(
         threads=cfg.embedder_threads, device=cfg.device)
     cache = CacheDeployment.bind(embedder, cfg.cache.model_dump()) if cfg.cache.enabled else None
