@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from core.build.artifacts import build_llm
+from core.build.artifacts import SERVED_VARIANT, build_llm
 from core.llm.engine import EngineConfig, LLMEngine
 from core.llm.sampling import SamplingParams
 from core.llm.textgen import TextGenerator
@@ -37,7 +37,7 @@ def main() -> None:
     model_dir = build_llm()
     rows = {}
     for target, mode, draft_variant in (("fp32", "ngram", None), ("fp32", "model", "q4"),
-                                        ("q4", "ngram", None)):
+                                        ("q4", "ngram", None), (SERVED_VARIANT, "ngram", None)):
         gen = TextGenerator(model_dir, variant=target, threads=2, spinning=True)
         draft = TextGenerator(model_dir, variant=draft_variant, threads=2, spinning=True).runner \
             if draft_variant else None
