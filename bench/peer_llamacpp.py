@@ -72,6 +72,12 @@ def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         proc.wait()
 
 
+def peer_installed() -> bool:
+    """The Python binding's server is there (`bash bench/setup_peer.sh` without SERVER_ONLY)."""
+    return PEER_PYTHON.exists() and subprocess.run(
+        [str(PEER_PYTHON), "-c", "import llama_cpp.server"], capture_output=True).returncode == 0
+
+
 @contextmanager
 def llamacpp_server(port: int = 8090, n_threads: int = 2, n_ctx: int = 2048,
                     model_alias: str = "smollm2-135m-instruct", model: Path | None = None,

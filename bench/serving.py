@@ -93,13 +93,13 @@ async def main_async(args: argparse.Namespace) -> None:
                                     else "naive (one at a time)", args.max_tokens)
         serve.delete(name)
     if not args.skip_peer:
-        from .peer_llamacpp import PEER_PYTHON, llamacpp_server
+        from .peer_llamacpp import llamacpp_server, peer_installed
 
-        if PEER_PYTHON.exists():
+        if peer_installed():
             with llamacpp_server(port=8091, n_threads=2) as url:
                 results += await chat_sweep(url, "llama-cpp-python server", args.max_tokens)
         else:
-            print("llama-cpp-python peer not installed (bash bench/setup_peer.sh): skipped")
+            print("llama-cpp-python peer not installed (bench/setup_peer.sh without SERVER_ONLY): skipped")
     texts = [f"{q} (variant {i})" for i in range(4) for q in QUESTIONS]
     for label, batch in (("embeddings batched (32)", 32), ("embeddings unbatched", 1)):
         url = run_app("emb", app_args(16), {"user_config": {"max_batch_size": batch,
