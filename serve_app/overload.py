@@ -15,8 +15,8 @@ poll in flight (a few ms, at most FIRST_VIEW_WAIT_S) rather than pass unseen: a 
 each poll reads one replica (Serve's router picks): the engine stays the authority.
 
 The check runs in `EarlyRefusal`, a plain ASGI middleware in front of FastAPI: a refusal is
-decided from the headers and the raw body's max_tokens (key -> tenant, its quota, this view),
-without FastAPI's routing and validation, which were about half of the ingress' CPU per refusal.
+decided from the headers alone (key -> tenant, its quota, this view),
+without its body, FastAPI's routing and validation (about half of the ingress' CPU per refusal).
 """
 
 from __future__ import annotations
@@ -122,6 +122,11 @@ class LoadView:
         step_s = snap["step_s"]
         return state.wait(0, snap["slots"], lambda b: step_s[b - 1], snap["prefill_tok_s"])
 
+    def resize(self, rid: int, decode_tokens: int) -> None:
+        """The body was read: max_tokens x n instead of the endpoint's default."""
+        if rid in self.reservations:
+            self.reservations[rid].decode = decode_tokens
+
     def sent(self, rid: int | None, prompt_tokens: int, decode_tokens: int) -> None:
         """The request goes to the engine now, at its real size."""
         r = self.reservations.get(rid) if rid is not None else None
@@ -157,9 +162,10 @@ class LoadView:
 
 class EarlyRefusal:
     """ASGI middleware: a generation request the ingress would refuse (quota: 429, expected
-    wait: 503, see `Ingress.admit`) is answered before FastAPI routes and validates it. The
-    body is read here (bytes, a plain json.loads for max_tokens and n) and handed on unchanged;
-    the admission's reservation id goes to the route in scope["state"]."""
+    wait: 503, see `Ingress.admit`) is answered before its body is read (in Serve, reading it is
+    one more message from the proxy) and before FastAPI routes and validates it. An admitted
+    request's body is read here (bytes, a plain json.loads for max_tokens and n) to size its
+    reservation, and handed on unchanged; the reservation id goes to the route in scope["state"]."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -168,18 +174,20 @@ class EarlyRefusal:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(GENERATION_PATHS):
             authorization = next((v.decode("latin-1") for k, v in scope["headers"]
                                   if k == b"authorization"), None)
-            body = await _read_body(receive)
             path = next(p for p in GENERATION_PATHS if scope["path"].endswith(p))
-            try:  # the Ingress replica this app runs in (how Serve's own routes find it)
-                rid = await serve.get_replica_context().servable_object.admit(
-                    authorization, _decode_budget(body, DEFAULT_MAX_TOKENS[path]))
+            ingress = serve.get_replica_context().servable_object  # how Serve's own routes find it
+            try:  # the refusal needs no body: its own size does not change its wait
+                rid = await ingress.admit(authorization, DEFAULT_MAX_TOKENS[path])
             except APIError as exc:
                 response = error_response(exc.status, exc.message, exc.param, exc.code, exc.kind,
                                           exc.headers)
                 await response(scope, receive, send)
                 return
+            if rid is not None:  # admitted: count it at the size its body asks for
+                body = await _read_body(receive)
+                ingress.load.resize(rid, _decode_budget(body, DEFAULT_MAX_TOKENS[path]))
+                receive = _replay(body, receive)
             scope.setdefault("state", {})["reservation"] = rid
-            receive = _replay(body, receive)
         await self.app(scope, receive, send)
 
 
