@@ -98,7 +98,12 @@ def app_config(path: Path) -> None:
 @contextmanager
 def process(cmd: list[str], log: Path, ready_url: str, timeout_s: float = 300,
             env: dict | None = None) -> Iterator[subprocess.Popen]:
-    if not port_free(int(ready_url.split(":")[2].split("/")[0])):
+    port = int(ready_url.split(":")[2].split("/")[0])
+    for _ in range(60):  # a benchmark run just before may still be shutting its Ray down
+        if port_free(port):
+            break
+        time.sleep(1)
+    else:
         raise RuntimeError(f"{ready_url}: port already in use")
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
