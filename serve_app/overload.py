@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.llm.engine.admission import Pending, QueueState, retry_after_s
 
 from .errors import APIError, error_response
+from .schemas import MAX_CHOICES, MAX_TOKENS_LIMIT
 
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 DEFAULT_MAX_TOKENS = {"/v1/chat/completions": 512, "/v1/completions": 16}  # as in schemas.py
@@ -133,6 +134,12 @@ class LoadView:
         if r is not None:
             r.prefill, r.decode, r.sent_in_poll = prompt_tokens, decode_tokens, self._polls
 
+    def release_unsent(self, rid: int | None) -> None:
+        """The request is over: if it never went to the engine, stop counting it."""
+        r = self.reservations.get(rid) if rid is not None else None
+        if r is not None and r.sent_in_poll is None:
+            del self.reservations[rid]
+
     def release(self, rid: int | None) -> None:
         """It will not reach the engine (a cache hit, an invalid body)."""
         if rid is not None:
@@ -188,6 +195,11 @@ class EarlyRefusal:
                 ingress.load.resize(rid, _decode_budget(body, DEFAULT_MAX_TOKENS[path]))
                 receive = _replay(body, receive)
             scope.setdefault("state", {})["reservation"] = rid
+            try:
+                await self.app(scope, receive, send)
+            finally:  # refused by validation, a cache hit, an error: it never reached the engine
+                ingress.load.release_unsent(rid)
+            return
         await self.app(scope, receive, send)
 
 
@@ -224,8 +236,11 @@ def _decode_budget(body: bytes, default_max_tokens: int) -> int:
         fields = json.loads(body)
         max_tokens = fields.get("max_completion_tokens") or fields.get("max_tokens") or default_max_tokens
         n = fields.get("n") or 1
+        if not (1 <= int(max_tokens) <= MAX_TOKENS_LIMIT and 1 <= int(n) <= MAX_CHOICES):
+            return default_max_tokens  # out of range: the route answers 400
         prompts = fields.get("prompt")
         copies = len(prompts) if isinstance(prompts, list) and prompts and isinstance(prompts[0], str) else 1
+        copies = copies if copies <= MAX_CHOICES else 1  # too many: the route answers 400
         return max(1, int(max_tokens)) * max(1, int(n)) * copies
     except (ValueError, TypeError, AttributeError):
         return default_max_tokens  # the route answers 400

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_TOKENS_LIMIT = 4096  # per request; the context window bounds it further
+MAX_CHOICES = 8  # n
 
 
 class Strict(BaseModel):
@@ -103,7 +104,7 @@ class SamplingFields(Strict):
     model: str
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=8, description="choices per request (at most 8)")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description=f"choices per request (at most {MAX_CHOICES})")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None

@@ -252,7 +252,12 @@ def test_ingress_view_refuses_early_as_the_engine_would_counting_what_it_admitte
             engine_view.wait(0, 2, speed.step_s, speed.prefill_tok_s))
         assert await view.check("b", 100) is not None  # another tenant: its own queue ("*")
         view.release(second)  # a cache hit: it never reaches the engine
-        assert await view.check("a", 100) is not None
+        third = await view.check("a", 100)
+        assert third is not None
+        view.sent(first, 10, 100)
+        view.release_unsent(first)  # it went to the engine: counted until a poll includes it
+        view.release_unsent(third)  # a 400 from validation: it never went
+        assert first in view.reservations and third not in view.reservations
         view._task.cancel()
 
     asyncio.run(scenario())
