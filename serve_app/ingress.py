@@ -98,9 +98,10 @@ class Ingress:
 
     # -- generation, cached or not -----------------------------------------------------------
     async def admit(self, authorization: str | None, decode_tokens: int) -> int | None:
-        """Refusals first, from the headers and the body's size (EarlyRefusal calls it before
-        FastAPI validates the body): the key's quota (429), then the engine's expected wait for
-        its tenant (503). Returns the view's reservation for the route (None: not counted).
+        """Refusals first, from the headers alone (EarlyRefusal calls it before the body is
+        read): the key's quota (429), then the engine's expected wait for its tenant (503).
+        Returns the view's reservation, counted at `decode_tokens` until EarlyRefusal sizes it
+        from the body (None: not counted).
         A missing or bad key passes here: the route answers it 401."""
         arrived = time.perf_counter()
         try:
@@ -139,7 +140,6 @@ class Ingress:
         found = await self.cache.lookup(plan.keys) if plan.look_up else Lookup()
         if found.body is not None:
             self.quotas.give_back(tenant, budget)  # a cached answer costs no generation
-            self.load.release(reservation)
             return self._replay(reply, found, req.stream, include_usage)
         self.load.sent(reservation, prompt_tokens, budget)  # to the engine now, at its real size
         runs = self._runs(endpoint, req, prompt_ids, max_tokens, structure)

@@ -37,10 +37,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.llm.engine.admission import Pending, QueueState, retry_after_s
 
 from .errors import APIError, error_response
-from .schemas import MAX_CHOICES, MAX_TOKENS_LIMIT
+from .schemas import CHAT_MAX_TOKENS, COMPLETION_MAX_TOKENS, MAX_CHOICES, MAX_TOKENS_LIMIT
 
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
-DEFAULT_MAX_TOKENS = {"/v1/chat/completions": 512, "/v1/completions": 16}  # as in schemas.py
+DEFAULT_MAX_TOKENS = {"/v1/chat/completions": CHAT_MAX_TOKENS, "/v1/completions": COMPLETION_MAX_TOKENS}
 
 POLL_S = 0.25
 STALE_S = 1.0  # an older view is not trusted to refuse
@@ -89,7 +89,7 @@ class LoadView:
 
     async def check(self, tenant: str, decode_tokens: int) -> int | None:
         """Raise 503 now if the engine would refuse this tenant's request anyway; otherwise
-        count it (a reservation id, for `sent`/`release`). None: no view, the engine decides."""
+        count it (a reservation id, for `sent`/`release_unsent`). None: no view, the engine decides."""
         self.last_request = time.monotonic()
         if self.max_wait is None:
             return None
@@ -135,15 +135,11 @@ class LoadView:
             r.prefill, r.decode, r.sent_in_poll = prompt_tokens, decode_tokens, self._polls
 
     def release_unsent(self, rid: int | None) -> None:
-        """The request is over: if it never went to the engine, stop counting it."""
+        """The request is over: if it never went to the engine (a cache hit, a 400, an error),
+        stop counting it."""
         r = self.reservations.get(rid) if rid is not None else None
         if r is not None and r.sent_in_poll is None:
             del self.reservations[rid]
-
-    def release(self, rid: int | None) -> None:
-        """It will not reach the engine (a cache hit, an invalid body)."""
-        if rid is not None:
-            self.reservations.pop(rid, None)
 
     def _fresh(self) -> bool:
         return self.snapshot is not None and time.monotonic() - self.at <= STALE_S
@@ -241,6 +237,6 @@ def _decode_budget(body: bytes, default_max_tokens: int) -> int:
         prompts = fields.get("prompt")
         copies = len(prompts) if isinstance(prompts, list) and prompts and isinstance(prompts[0], str) else 1
         copies = copies if copies <= MAX_CHOICES else 1  # too many: the route answers 400
-        return max(1, int(max_tokens)) * max(1, int(n)) * copies
+        return int(max_tokens) * int(n) * copies
     except (ValueError, TypeError, AttributeError):
         return default_max_tokens  # the route answers 400

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MAX_TOKENS_LIMIT = 4096  # per request; the context window bounds it further
 MAX_CHOICES = 8  # n
+CHAT_MAX_TOKENS = 512  # when a chat request sets neither max_tokens nor max_completion_tokens
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 class Strict(BaseModel):
@@ -159,12 +161,12 @@ class ChatCompletionRequest(SamplingFields):
         return self
 
     def token_budget(self) -> int:
-        return self.max_completion_tokens or self.max_tokens or 512
+        return self.max_completion_tokens or self.max_tokens or CHAT_MAX_TOKENS
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] = Field(description="a string, or a list of up to 8 strings")
-    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS_LIMIT)
+    max_tokens: int = Field(COMPLETION_MAX_TOKENS, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: int | None = Field(None, ge=0, le=20, description="alternatives per token")
 
     @field_validator("prompt")

@@ -251,7 +251,7 @@ def test_ingress_view_refuses_early_as_the_engine_would_counting_what_it_admitte
         assert view.expected_wait("a") == pytest.approx(
             engine_view.wait(0, 2, speed.step_s, speed.prefill_tok_s))
         assert await view.check("b", 100) is not None  # another tenant: its own queue ("*")
-        view.release(second)  # a cache hit: it never reaches the engine
+        view.release_unsent(second)  # a cache hit: it never reaches the engine
         third = await view.check("a", 100)
         assert third is not None
         view.sent(first, 10, 100)

@@ -213,7 +213,7 @@ class LLMEngine:
                                         for t, q in queues.items()},
                     "queues": {t: asdict(q) for t, q in queues.items()},
                     "prefill_tok_s": self.speed.prefill_tok_s, "decode_step_s": self.speed.decode_step_s,
-                    "step_s": step_s, "slots": slots, "full_step_s": step_s[-1]}
+                    "step_s": step_s, "slots": slots}
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a sequence (client gone): it leaves at the next step and frees its slot."""
