@@ -128,6 +128,16 @@ class EngineMetrics:
                 self.wait_ratio.observe(actual / expected)
 
 
+def stream_interval_s(interval_s: float, messages_per_s: float | None, open_streams: int) -> float:
+    """The fixed interval, or longer with many streams open: with a message budget for the
+    replica, each of N streams sends at most budget/N messages a second. A stream's own token
+    rate falls as streams are added (16 streams: ~7 tokens/s each), so a fixed 100 ms stops
+    merging tokens just when the cores are shortest; the budget keeps merging them."""
+    if not messages_per_s:
+        return interval_s
+    return max(interval_s, open_streams / messages_per_s)
+
+
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class LLMDeployment:
     def __init__(self, variant: str = SERVED_VARIANT, threads: int | None = None,
@@ -197,18 +207,27 @@ class LLMDeployment:
     async def stream(self, prompt_ids: list[int], params: dict,
                      meta: dict | None = None) -> AsyncIterator[dict]:
         """meta: tenant (fair shares), timeout_s (deadline), request_id (logs)."""
+        async for out in self._outputs(prompt_ids, params, meta, paced=True):
+            yield out
+
+    async def _outputs(self, prompt_ids: list[int], params: dict, meta: dict | None,
+                       paced: bool) -> AsyncIterator[dict]:
+        """The request's outputs as the engine makes them. paced: they leave this replica as
+        Serve stream messages (`stream`), so they are held to the stream interval and counted
+        in the message budget; `generate` reads them in-process, where a message costs nothing."""
         seq, queue = await self._admit((prompt_ids, params, meta or {}))
         if isinstance(seq, Exception):
             raise seq
         assert isinstance(seq, Sequence)
         loop, sent_at = asyncio.get_running_loop(), None
-        self.open_streams += 1
+        self.open_streams += paced
         try:
             while True:
                 out = await queue.get()
                 # At most one message per stream interval after the first token: each message
                 # costs ~2 ms of CPU across ingress and proxy, taken from the model's cores.
-                interval = self._stream_interval_s()
+                interval = stream_interval_s(self.stream_interval_s, self.stream_messages_per_s,
+                                             self.open_streams) if paced else 0.0
                 if interval and sent_at is not None and not out.finish_reason:
                     await asyncio.sleep(sent_at + interval - loop.time())
                 # Coalesce what queued up meanwhile: under load one message carries several
@@ -226,22 +245,13 @@ class LLMDeployment:
                     return
                 sent_at = loop.time()
         finally:
-            self.open_streams -= 1
+            self.open_streams -= paced
             if not seq.finished:  # the caller went away: stop decoding, free the slot
                 self.engine.cancel(seq)
 
-    def _stream_interval_s(self) -> float:
-        """The fixed interval, or longer with many streams open: with a message budget for the
-        replica, each of N streams sends at most budget/N messages a second. A stream's own token
-        rate falls as streams are added (16 streams: ~7 tokens/s each), so a fixed 100 ms stops
-        merging tokens just when the cores are shortest; the budget keeps merging them."""
-        if not self.stream_messages_per_s:
-            return self.stream_interval_s
-        return max(self.stream_interval_s, self.open_streams / self.stream_messages_per_s)
-
     async def generate(self, prompt_ids: list[int], params: dict, meta: dict | None = None) -> dict:
         text, logprobs, last = [], [], {}
-        async for last in self.stream(prompt_ids, params, meta):
+        async for last in self._outputs(prompt_ids, params, meta, paced=False):
             text.append(last["text"])
             logprobs += last["logprobs"]
         return {**last, "text": "".join(text), "logprobs": logprobs}

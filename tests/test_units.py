@@ -138,3 +138,12 @@ def test_gpu_smoke_reads_onnx_runtimes_node_placement_log():
     assert placements("All nodes placed on [CUDAExecutionProvider]. Number of nodes: 521") == {
         "CUDAExecutionProvider": 521}
     assert placements("no placement lines") == {}
+
+
+def test_stream_message_budget_stretches_the_interval_as_streams_open():
+    from deployments.llm import stream_interval_s
+
+    assert stream_interval_s(0.1, None, 16) == 0.1  # no budget: the fixed interval
+    assert stream_interval_s(0.1, 40, 1) == 0.1  # few streams: the interval is the floor
+    assert stream_interval_s(0.1, 40, 16) == pytest.approx(0.4)  # 16 share 40 messages/s
+    assert stream_interval_s(0.0, 40, 0) == 0.0
