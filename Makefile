@@ -89,6 +89,7 @@ bench: install-test models
 	$(BIN)/python -m bench.settings
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.refusal_cost
+	$(BIN)/python -m bench.refusal_cost_proxy
 	$(BIN)/python -m bench.structured
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.quantization

@@ -77,3 +77,38 @@ def test_gate_trusts_only_its_own_secret():
     assert gate.trusts(b"s3cret")
     assert not gate.trusts(b"s3cre") and not gate.trusts(b"") and not gate.trusts(None)
     assert not Gate({}, None, None, None, "").trusts(b"")  # type: ignore[arg-type]
+
+
+def test_a_forwarded_reservation_counts_until_the_second_poll_after_it():
+    """The proxy cannot see when the Ingress sends a request on to the engine: it counts it
+    until a poll that started at least POLL_S after it was forwarded; an answer showing it never
+    reached the engine drops it at once."""
+    import asyncio
+
+    from serve_app.overload import LoadView
+
+    class Idle:  # an engine with both slots free
+        def __init__(self) -> None:
+            self.load = self
+
+        async def remote(self) -> dict:
+            return {"queues": {"*": {"free_at": [0, 0], "prefill": 0, "queued": 0}},
+                    "step_s": [0.01, 0.01], "slots": 2, "prefill_tok_s": 1000.0}
+
+    async def scenario() -> None:
+        view = LoadView(Idle(), max_queue_wait_s=5.0)
+        kept, dropped = await view.check("a", 10), await view.check("a", 10)
+        view.forwarded(kept)
+        view.forwarded(dropped)
+        view.drop(dropped)  # its answer was a 400, or a cache hit
+        polls = view._polls
+        while view._polls < polls + 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the next poll landed: it may have left before the engine had it
+        assert kept in view.reservations and dropped not in view.reservations
+        while view._polls < polls + 3:
+            await asyncio.sleep(0.01)
+        assert kept not in view.reservations
+        view._task.cancel()
+
+    asyncio.run(scenario())
