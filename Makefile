@@ -53,6 +53,10 @@ models: install
 # each replica's metrics export took ~5% of a core between them while idle.
 serve: export RAY_SERVE_CONTROL_LOOP_INTERVAL_S ?= 0.5
 serve: export RAY_SERVE_METRICS_EXPORT_INTERVAL_MS ?= 1000
+# Early refusals (quota 429, expected-wait 503) decided in Serve's HTTP proxy, before the hop to
+# the Ingress (serve_app/proxy_refusal.py; README "Overload"). `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
+# make serve` leaves them to the Ingress.
+serve: export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= serve_app.proxy_refusal:middlewares
 serve: models
 	$(BIN)/serve run $(or $(SERVE_CONFIG),configs/local.yaml)
 
@@ -85,6 +89,7 @@ bench: install-test models
 	$(BIN)/python -m bench.settings
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.refusal_cost
+	$(BIN)/python -m bench.refusal_cost_proxy
 	$(BIN)/python -m bench.structured
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.quantization

@@ -11,9 +11,11 @@
     python -m bench.overload                # writes bench/results/overload.{json,md,png}
     python -m bench.overload --small        # a quick check: 40 at 20, 24 in flight, 20 s
     python -m bench.overload --llm-nice 0 --out overload_nice0   # the model at the front's priority
+    python -m bench.overload --ingress-refusal --out overload_ingress   # refusals in the Ingress
 
 The app is configs/local.yaml's graph and args (engine defaults: 16 slots, max_queue_wait_s 10;
-its variant, spinning and llm_nice) with two API keys and a capped third one; the response cache
+its variant, spinning and llm_nice; early refusals in Serve's proxy, as `make serve` runs it)
+with two API keys and a capped third one; the response cache
 is off (every request would be no-store). The client is aiohttp: on the same 2 cores, httpx's
 async client spent ~15 ms of CPU per request at 200 connections (aiohttp ~0.4 ms), taking the
 cores the server's refusals need. Figures taken on a machine busy with other work are provisional.
@@ -30,6 +32,8 @@ from dataclasses import asdict, dataclass
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# as `make serve`: Serve's proxy makes the early refusal (--ingress-refusal: the Ingress does)
+os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "serve_app.proxy_refusal:middlewares")
 
 import aiohttp  # noqa: E402
 
@@ -209,6 +213,7 @@ async def main_async(args: argparse.Namespace) -> None:
                      "quotas": {"capped": {"requests_per_min": capped}}}
     if args.llm_nice is not None:
         base["llm_nice"] = args.llm_nice
+    base["proxy_refusal"] = not args.ingress_refusal
     # configs/local.yaml's limits on the LLM deployment
     llm_options = {"max_ongoing_requests": 80, "max_queued_requests": 32}
     records: list[Record] = []
@@ -241,7 +246,7 @@ async def main_async(args: argparse.Namespace) -> None:
                                               for name, s in summary.items()])
     config = {k: getattr(args, k) for k in ("requests", "concurrency", "max_tokens", "in_flight",
                                              "questions", "seconds", "max_queue_wait_s")}
-    config |= {k: base[k] for k in ("llm_variant", "llm_spinning", "llm_nice") if k in base}
+    config |= {k: base[k] for k in ("llm_variant", "llm_spinning", "llm_nice", "proxy_refusal") if k in base}
     head = (f"# Overload ({'small check' if args.small else 'full run'})\n\n{json.dumps(config)}\n\n"
             "Refusal = time to a 503/429; TTFT of accepted requests. Load average (1 min) at the "
             f"end: {os.getloadavg()[0]:.2f}, the run's own load included.\n\n")
@@ -265,6 +270,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=PORT)
     ap.add_argument("--llm-nice", type=int, default=None, help="default: configs/local.yaml's "
                     "llm_nice (0 shows what the model's lower CPU priority buys)")
+    ap.add_argument("--ingress-refusal", action="store_true", help="early refusals in the Ingress "
+                    "replica, not Serve's proxy (proxy_refusal: false)")
     args = ap.parse_args()
     if args.small:
         args.requests, args.concurrency, args.in_flight, args.questions, args.seconds = 40, 20, 24, 3, 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,6 +58,10 @@ class AppArgs(BaseModel):
                                          "tenant; '*' = any other): requests/tokens per minute")
     early_refusal: bool = Field(True, description="the ingress refuses from its view of the engine's "
                                                   "expected wait, before tokenizing or a hop")
+    proxy_refusal: bool = Field(True, description="with RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH="
+                                "serve_app.proxy_refusal:middlewares where Ray starts, Serve's HTTP "
+                                "proxy makes the early refusal (quota, expected wait) for this app, "
+                                "saving a refusal the proxy -> ingress hop; without it, the ingress")
     prefix_routing: bool = Field(True, description="route requests to the replica holding their "
                                                    "prefix's KV (matters with >1 LLM replica)")
 
@@ -91,4 +96,6 @@ def build_graph(args: dict, llm_options: dict | None = None,
     return Ingress.bind(llm, embedder, cache, cfg.llm_variant, cfg.api_keys,
                         cfg.cache.near_cache_entries,
                         cfg.engine.max_queue_wait_s if cfg.early_refusal else None,
-                        {t: q.model_dump() for t, q in cfg.quotas.items()})
+                        {t: q.model_dump() for t, q in cfg.quotas.items()},
+                        secrets.token_urlsafe(24),  # per deploy: marks what Serve's proxy admitted
+                        cfg.proxy_refusal)

@@ -8,6 +8,7 @@ A generation's path, top to bottom: the route -> ResponseCacheClient (near cache
 import asyncio
 import base64
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from core.llm.chat_tokenizer import ChatTokenizer, PromptTooLong
 
 from .auth import load_keys, tenant_for
 from .choices import ChoiceBuilder
+from .early_refusal import EarlyRefusal
 from .errors import (
     APIError,
     install_error_handlers,
@@ -32,10 +34,11 @@ from .errors import (
     serving_error,
     stream_error,
 )
+from .gate import Gate
 from .logprobs import TokenTexts
 from .merged_streams import merged
 from .openai_format import Endpoint, Reply, sse, usage
-from .overload import EarlyRefusal, IngressMetrics, LoadView
+from .overload import IngressMetrics, LoadView
 from .quotas import QuotaArgs, Quotas
 from .response_cache import CachePlan, Lookup, ResponseCacheClient
 from .schemas import (
@@ -86,36 +89,31 @@ class Ingress:
                  cache: DeploymentHandle | None, llm_variant: str,
                  api_keys: dict[str, str] | None = None, near_cache_entries: int = 0,
                  max_queue_wait_s: float | None = None,
-                 quotas: dict[str, dict] | None = None) -> None:
+                 quotas: dict[str, dict] | None = None, admission_secret: str | None = None,
+                 proxy_refusal: bool = True) -> None:
         self.llm, self.embedder, self.llm_variant = llm, embedder, llm_variant
         self.cache = ResponseCacheClient(cache, near_cache_entries) if cache is not None else None
         self.keys = load_keys(api_keys)
         self.chat = ChatTokenizer(build_llm(progress=lambda _: None))
+        self.max_queue_wait_s, self.quota_args = max_queue_wait_s, quotas or {}
+        self.proxy_refusal = proxy_refusal
         self.load = LoadView(llm, max_queue_wait_s)
-        self.quotas = Quotas({t: QuotaArgs(**q) for t, q in (quotas or {}).items()})
+        self.quotas = Quotas({t: QuotaArgs(**q) for t, q in self.quota_args.items()})
         self.metrics = IngressMetrics()
+        # refusals from the headers (EarlyRefusal); the secret marks what Serve's proxy admitted
+        # (one per app, from build_graph, so every replica trusts the same proxy)
+        self.gate = Gate(self.keys, self.quotas, self.load, self.metrics,
+                         admission_secret or secrets.token_urlsafe(24))
         self.token_texts = TokenTexts(self.chat.tokenizer)
 
-    # -- generation, cached or not -----------------------------------------------------------
-    async def admit(self, authorization: str | None, decode_tokens: int) -> int | None:
-        """Refusals first, from the headers alone (EarlyRefusal calls it before the body is
-        read): the key's quota (429), then the engine's expected wait for its tenant (503).
-        Returns the view's reservation, counted at `decode_tokens` until EarlyRefusal sizes it
-        from the body (None: not counted).
-        A missing or bad key passes here: the route answers it 401."""
-        arrived = time.perf_counter()
-        try:
-            tenant = tenant_for(authorization, self.keys)
-        except APIError:
-            return None
-        try:
-            self.quotas.admit(tenant)
-            return await self.load.check(tenant, decode_tokens)
-        except APIError as exc:
-            self.metrics.refused("quota" if exc.status == 429 else "expected_wait_early",
-                                 time.perf_counter() - arrived)
-            raise
+    def refusal_settings(self) -> dict:
+        """What Serve's proxy needs to refuse as this replica would (proxy_refusal.py): called
+        through a handle, inside the cluster. Quota buckets are counted where they are spent:
+        requests in the proxy, tokens here."""
+        return {"keys": self.keys, "quotas": self.quota_args, "max_queue_wait_s": self.max_queue_wait_s,
+                "secret": self.gate.secret, "llm": self.llm, "proxy_refusal": self.proxy_refusal}
 
+    # -- generation, cached or not -----------------------------------------------------------
     async def _generation(self, request: Request, endpoint: Endpoint, req: SamplingFields,
                           prompts: Callable[[], list[str]], max_tokens: int, param: str,
                           structure: Structure | None = None):
@@ -125,7 +123,7 @@ class Ingress:
         tenant = tenant_for(request.headers.get("authorization"), self.keys)
         if req.model != LLM_ID:
             raise model_not_found(req.model, LLM_ID)
-        timeout_s = _timeout(request)  # quota and early refusal: `admit`, before the body was read
+        timeout_s = _timeout(request)  # quota and early refusal: the Gate, before the body was read
         prompt_ids = [self._tokenize(p, param) for p in prompts()]
         budget = max_tokens * req.n * len(prompt_ids)  # every choice may use all of max_tokens
         prompt_tokens = sum(len(ids) for ids in prompt_ids)
@@ -257,8 +255,11 @@ class Ingress:
     async def load_now(self, request: Request) -> dict:
         """The engine's queue and expected waits as the ingress last saw them (operators)."""
         tenant_for(request.headers.get("authorization"), self.keys)
-        return {"snapshot": self.load.snapshot,
-                "age_s": None if self.load.snapshot is None else time.monotonic() - self.load.at}
+        # decided: what this replica's Gate admitted and refused, and what Serve's proxy admitted
+        if self.load.snapshot is None:  # no view kept here (idle, or Serve's proxy refuses): ask now
+            return {"snapshot": await self.llm.load.remote(), "age_s": 0.0, "decided": self.gate.decided}
+        return {"snapshot": self.load.snapshot, "age_s": time.monotonic() - self.load.at,
+                "decided": self.gate.decided}
 
     # -- routes ------------------------------------------------------------------------------
     @app.get("/healthz")

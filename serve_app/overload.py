@@ -1,4 +1,4 @@
-"""Early refusals at the ingress: a recent view of the LLM engine's queue.
+"""Early refusals: a recent view of the LLM engine's queue, kept by the Ingress (or Serve's proxy).
 
 A refusal decided by the engine costs a hop, the LLM replica's event loop (busy streaming
 tokens) and, before that, tokenization and the cache lookup here. The ingress polls the engine's
@@ -14,9 +14,8 @@ poll in flight (a few ms, at most FIRST_VIEW_WAIT_S) rather than pass unseen: a 
 200 used to reach the engine whole and be refused there at 2-3 s. With several LLM replicas,
 each poll reads one replica (Serve's router picks): the engine stays the authority.
 
-The check runs in `EarlyRefusal`, a plain ASGI middleware in front of FastAPI: a refusal is
-decided from the headers alone (key -> tenant, its quota, this view),
-without its body, FastAPI's routing and validation (about half of the ingress' CPU per refusal).
+The check is made by a Gate (gate.py) from the headers alone (key -> tenant, its quota, this
+view), in an ASGI middleware (early_refusal.py) in the Ingress replica or in Serve's proxy.
 """
 
 from __future__ import annotations
@@ -24,23 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import time
 from dataclasses import dataclass
 
-from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.llm.engine.admission import Pending, QueueState, retry_after_s
 
-from .errors import APIError, error_response
-from .schemas import CHAT_MAX_TOKENS, COMPLETION_MAX_TOKENS, MAX_CHOICES, MAX_TOKENS_LIMIT
-
-GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
-DEFAULT_MAX_TOKENS = {"/v1/chat/completions": CHAT_MAX_TOKENS, "/v1/completions": COMPLETION_MAX_TOKENS}
+from .errors import APIError
 
 POLL_S = 0.25
 STALE_S = 1.0  # an older view is not trusted to refuse
@@ -134,6 +126,18 @@ class LoadView:
         if r is not None:
             r.prefill, r.decode, r.sent_in_poll = prompt_tokens, decode_tokens, self._polls
 
+    def forwarded(self, rid: int | None) -> None:
+        """Serve's proxy sent it on to the Ingress, which tokenizes it and sends it to the engine
+        within a few ms: counted until the second poll that starts after now (>= POLL_S later)."""
+        r = self.reservations.get(rid) if rid is not None else None
+        if r is not None:
+            r.sent_in_poll = self._polls + 1
+
+    def drop(self, rid: int | None) -> None:
+        """It will not reach the engine's queue (refused there or later, a cache hit, a 400)."""
+        if rid is not None:
+            self.reservations.pop(rid, None)
+
     def release_unsent(self, rid: int | None) -> None:
         """The request is over: if it never went to the engine (a cache hit, a 400, an error),
         stop counting it."""
@@ -161,82 +165,3 @@ class LoadView:
                 self._viewed.set()
             await asyncio.sleep(POLL_S)
         self.snapshot = None
-
-
-class EarlyRefusal:
-    """ASGI middleware: a generation request the ingress would refuse (quota: 429, expected
-    wait: 503, see `Ingress.admit`) is answered before its body is read (in Serve, reading it is
-    one more message from the proxy) and before FastAPI routes and validates it. An admitted
-    request's body is read here (bytes, a plain json.loads for max_tokens and n) to size its
-    reservation, and handed on unchanged; the reservation id goes to the route in scope["state"]."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith(GENERATION_PATHS):
-            authorization = next((v.decode("latin-1") for k, v in scope["headers"]
-                                  if k == b"authorization"), None)
-            path = next(p for p in GENERATION_PATHS if scope["path"].endswith(p))
-            ingress = serve.get_replica_context().servable_object  # how Serve's own routes find it
-            try:  # the refusal needs no body: its own size does not change its wait
-                rid = await ingress.admit(authorization, DEFAULT_MAX_TOKENS[path])
-            except APIError as exc:
-                response = error_response(exc.status, exc.message, exc.param, exc.code, exc.kind,
-                                          exc.headers)
-                await response(scope, receive, send)
-                return
-            if rid is not None:  # admitted: count it at the size its body asks for
-                body = await _read_body(receive)
-                ingress.load.resize(rid, _decode_budget(body, DEFAULT_MAX_TOKENS[path]))
-                receive = _replay(body, receive)
-            scope.setdefault("state", {})["reservation"] = rid
-            try:
-                await self.app(scope, receive, send)
-            finally:  # refused by validation, a cache hit, an error: it never reached the engine
-                ingress.load.release_unsent(rid)
-            return
-        await self.app(scope, receive, send)
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The body once more for the app, then whatever the connection says next (a disconnect)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-def _decode_budget(body: bytes, default_max_tokens: int) -> int:
-    """max_tokens x n as the body asks (validation comes later, in the route): what the request
-    may cost the engine in decode steps."""
-    try:
-        fields = json.loads(body)
-        max_tokens = fields.get("max_completion_tokens") or fields.get("max_tokens") or default_max_tokens
-        n = fields.get("n") or 1
-        if not (1 <= int(max_tokens) <= MAX_TOKENS_LIMIT and 1 <= int(n) <= MAX_CHOICES):
-            return default_max_tokens  # out of range: the route answers 400
-        prompts = fields.get("prompt")
-        copies = len(prompts) if isinstance(prompts, list) and prompts and isinstance(prompts[0], str) else 1
-        copies = copies if copies <= MAX_CHOICES else 1  # too many: the route answers 400
-        return int(max_tokens) * int(n) * copies
-    except (ValueError, TypeError, AttributeError):
-        return default_max_tokens  # the route answers 400

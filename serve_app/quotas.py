@@ -8,7 +8,9 @@ over quota at its next request, which costs nothing to refuse.
 
 Counted per ingress replica: with N ingress replicas behind Serve's proxy (which spreads
 requests evenly), a key gets up to ~N times its quota across the cluster. Divide the configured
-limits by the Ingress' num_replicas for a cluster-wide cap (see README, "Overload").
+limits by the Ingress' num_replicas for a cluster-wide cap (see README, "Overload"). With the
+refusal in Serve's proxy (proxy_refusal.py), requests are counted per proxy (one per node) and
+tokens per Ingress replica.
 """
 
 from __future__ import annotations
@@ -64,14 +66,19 @@ class Quotas:
 
     def admit(self, tenant: str) -> None:
         """Spend one request, or raise 429 if the key is out of requests or in token debt."""
-        requests, tokens = self._bucket("requests", tenant), self._bucket("tokens", tenant)
-        if tokens is not None and tokens.refill() <= 0:
-            raise _over("tokens", tokens, tokens.seconds_until(1))
+        self.check_tokens(tenant)
+        requests = self._bucket("requests", tenant)
         if requests is not None:
             wait = requests.seconds_until(1)
             if wait > 0:
                 raise _over("requests", requests, wait)
             requests.level -= 1
+
+    def check_tokens(self, tenant: str) -> None:
+        """Raise 429 if the key is in token debt (spends nothing)."""
+        tokens = self._bucket("tokens", tenant)
+        if tokens is not None and tokens.refill() <= 0:
+            raise _over("tokens", tokens, tokens.seconds_until(1))
 
     def spend_tokens(self, tenant: str, n: int) -> None:
         tokens = self._bucket("tokens", tenant)

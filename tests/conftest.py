@@ -6,7 +6,11 @@ import os
 
 for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
                    "ORT_DISABLE_TELEMETRY": "1", "ANONYMIZED_TELEMETRY": "False",
-                   "TOKENIZERS_PARALLELISM": "false"}.items():
+                   "TOKENIZERS_PARALLELISM": "false",
+                   # as `make serve`: Serve's proxy makes the early refusal (its workers inherit
+                   # this from ray.init); apps with proxy_refusal: false keep the Ingress' own
+                   "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.proxy_refusal:middlewares",
+                   }.items():
     os.environ.setdefault(key, value)
 
 from pathlib import Path  # noqa: E402

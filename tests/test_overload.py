@@ -44,8 +44,10 @@ def deploy(serve_url: str, name: str, engine: dict, **args) -> str:
 def admission_url(serve_url):
     from ray import serve
 
+    # the Ingress' own early refusal (test_proxy_refusal.py: the same decisions in Serve's proxy)
     url = deploy(serve_url, "admission", {"max_waiting": 16, "max_queue_wait_s": 1.0},
-                 quotas={"capped": {"requests_per_min": 2}, "tokens": {"tokens_per_min": 60}})
+                 quotas={"capped": {"requests_per_min": 2}, "tokens": {"tokens_per_min": 60}},
+                 proxy_refusal=False)
     yield url
     serve.delete("admission")
 
@@ -104,6 +106,18 @@ def test_quota_answers_429_at_once_and_other_keys_are_unaffected(admission_url):
     assert post(admission_url, {"model": CHAT}, "sk-capped").status_code == 429
     assert post(admission_url, body(2), "sk-light").status_code == 200
     assert post(admission_url, body(2), "sk-wrong").status_code == 401  # bad keys reach the route
+    # the marker of a request Serve's proxy admitted, sent by a client with the app's real
+    # secret: the proxy drops it, so the Ingress counts the request as its own
+    secret = admission_secret("admission")
+    assert post(admission_url, body(2), "sk-capped", **{"x-effserve-admitted": secret}).status_code == 429
+    decided = httpx.get(f"{admission_url}/v1/load", headers=auth("sk-flood")).json()["decided"]
+    assert decided["refused"] >= 3 and decided["by_proxy"] == 0
+
+
+def admission_secret(app: str) -> str:
+    from ray import serve
+
+    return serve.get_deployment_handle("Ingress", app).refusal_settings.remote().result()["secret"]
 
 
 def test_token_quota_counts_prompt_and_max_tokens(admission_url):
