@@ -64,7 +64,7 @@ from core.cache import lexicon
 MIN_COSINE = 0.80
 WEIGHTS = (19.519, 3.1303, 7.8203, 13.0143, -10.6018, -0.9226, -0.8316, 0.5699, 0.5105, 0.6441, -0.5764,
            -21.4916)
-THRESHOLD = 2.0  # on the logit
+THRESHOLD = 3.0  # on the logit
 FEATURES = ("cosine", "guard_ok", "changed", "changed_min", "weakest", "replaced_one", "added",
             "span_min", "inserted", "only_function", "particle")
 MAX_INSERTED = 6

@@ -167,32 +167,40 @@ def test_second_stage_decides_after_the_guard(make_store):
     assert len(encoder.calls) == calls and store.stats().guard_rejects == 2
 
 
-def test_a_soft_refusal_goes_to_the_second_stage(make_store):
-    """One word replaced by one the guard's synonym lists lack: the model decides, weighing the
-    replaced span (an unrelated word: refused; a close one: served)."""
+def test_a_soft_refusal_goes_to_the_second_stage(make_store, monkeypatch):
+    """One word replaced by one the guard's synonym lists lack: the model decides (told that the
+    guard refused softly), and what it says is served; a hard refusal never reaches it."""
     stored = "How do I tell my boss about my coworker?"
     unrelated = "How do I tell my boss about my raise?"
-    close = "How do I tell my boss about my colleague?"
     encoder = _fake_encoder({
         stored: _tokens(["tell", "boss", "about", "coworker"], [0, 1, 2, 3]),
         unrelated: _tokens(["tell", "boss", "about", "raise"], [0, 1, 2, 5]),
-        close: TokenVectors(np.r_[np.eye(8, dtype=np.float32)[[0, 1, 2]],
-                                  np.array([[0, 0, 0, .99, .141, 0, 0, 0]], np.float32)],
-                            ["tell", "boss", "about", "colleague"]),
     })
     from core.cache import guard
-    assert guard.soft(guard.check(unrelated, stored)[1]) and guard.soft(guard.check(close, stored)[1])
+    assert guard.soft(guard.check(unrelated, stored)[1])
+    decided: list[tuple[bool, bool]] = []
+    real = align.accepts
+
+    def accepts(cosine, guard_ok, a, b, *args):
+        decided.append((guard_ok, real(cosine, guard_ok, a, b, *args)))
+        return decided[-1][1]
+
+    monkeypatch.setattr(align, "accepts", accepts)
     store = make_store(token_encoder=encoder, threshold=0.85)
     v = unit(1)
     put(store, request(stored), v)
     assert lookup(store, request(unrelated), near(v, 2, distance=0.05)) is None
-    assert encoder.calls[-1] == [unrelated]  # it reached the second stage
-    hit = lookup(store, request(close), near(v, 2, distance=0.05))
+    assert decided == [(False, False)] and encoder.calls[-1] == [unrelated]
+    # the model's verdict is what counts: one that accepts makes it a hit
+    monkeypatch.setattr(align, "accepts", lambda *a, **k: True)
+    hit = lookup(store, request(unrelated), near(v, 2, distance=0.05))
     assert hit is not None and hit.prompt == stored
+    # a hard refusal (numbers differ) never reaches the model
+    assert lookup(store, request("How do I tell my boss about my 2 coworkers?"), near(v, 3)) is None
     # without the second stage a soft refusal stays a refusal
     plain = make_store(data_dir=store.config.data_dir.parent / "plain", threshold=0.85)
     put(plain, request(stored), v)
-    assert lookup(plain, request(close), near(v, 2, distance=0.05)) is None
+    assert lookup(plain, request(unrelated), near(v, 2, distance=0.05)) is None
 
 
 def test_entries_stored_without_token_vectors_are_encoded_at_lookup(make_store):
