@@ -17,6 +17,21 @@ got through were swapped terms, one word replaced in place, or a word added):
   ("cast on" / "cast off", "under 250" / "over 250");
 - added: one side has every piece of the other plus one or two ("half marathon" / "marathon").
 
+and four of the aligned differing spans (round 5: difflib's alignment of the two prompts' content
+pieces; a span is a run of pieces replaced, inserted or deleted):
+
+- span_min: the weakest cosine between a replaced span and its replacement, each the mean of its
+  contextual vectors (the aligned counterpart, not the best match anywhere: "into" / "out of");
+- inserted: pieces inserted or deleted (not replaced), capped at 6, in [0, 1];
+- only_function: every differing piece is a function word (lexicon.STOPWORDS, FILLER): a change
+  of style, not of content;
+- particle: a span whose direction words (lexicon.PARTICLES, DIRECTION_MARKERS: closed
+  grammatical classes, not words taken from pairs) differ from its counterpart's ("in" / "out").
+
+The guard's softest refusal, one content word replaced by a word it does not know as a synonym
+(guard.SOFT_REASONS), is left to the model (guard_ok = 0) instead of refusing outright: the span
+features tell a synonym from a swapped term better than a missing synonym list does.
+
 A swap is refused outright, before the model (``swapped``): the same pieces (at most two
 differ) with two of them in the opposite order and a third shared piece between them on both
 sides ("A given B" / "B given A", "cream with yogurt" / "yogurt with cream"). Moving one block
@@ -32,6 +47,8 @@ the evaluation's choice. Candidates below MIN_COSINE are never scored.
 
 from __future__ import annotations
 
+import base64
+import difflib
 import re
 import threading
 from collections import OrderedDict
@@ -40,14 +57,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.cache import lexicon
+
 # Fitted by bench/cache_eval.py (logistic regression on the development candidates: cosine >=
-# MIN_COSINE, passed by the guard, no swap); order: FEATURES, then the bias. guard_ok is 1 on
-# every candidate, so its weight is 0 (the bias carries it); it stays a feature for the
-# evaluation's tables.
-MIN_COSINE = 0.85
-WEIGHTS = (18.324, 0.0, 5.5855, 8.4772, -5.5166, -2.083, -1.3556, -16.1172)
-THRESHOLD = 2.0  # on the logit
-FEATURES = ("cosine", "guard_ok", "changed", "changed_min", "weakest", "replaced_one", "added")
+# MIN_COSINE, passed or softly refused by the guard, no swap); order: FEATURES, then the bias.
+MIN_COSINE = 0.80
+WEIGHTS = (19.519, 3.1303, 7.8203, 13.0143, -10.6018, -0.9226, -0.8316, 0.5699, 0.5105, 0.6441, -0.5764,
+           -21.4916)
+THRESHOLD = 3.0  # on the logit
+FEATURES = ("cosine", "guard_ok", "changed", "changed_min", "weakest", "replaced_one", "added",
+            "span_min", "inserted", "only_function", "particle")
+MAX_INSERTED = 6
+_FUNCTION = lexicon.STOPWORDS | lexicon.FILLER
+_DIRECTION = lexicon.PARTICLES | lexicon.DIRECTION_MARKERS
 MAX_SWAP_CHANGES = 2  # pieces without a partner; a rewording moves words without swapping roles
 # Symmetric connectives: "X and Y" asks what "Y and X" asks, so a crossing around one is no swap.
 _SYMMETRIC = frozenset({"and", "or", "nor", "vs", "versus", "plus", "&"})
@@ -130,8 +152,37 @@ def structure(a: TokenVectors, b: TokenVectors) -> tuple[bool, float, float]:
             float(min(only_a, only_b) == 0 and 1 <= max(only_a, only_b) <= 2))
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / (float(np.linalg.norm(v)) or 1.0)
+
+
+def spans(a: TokenVectors, b: TokenVectors) -> tuple[float, float, float, float]:
+    """(span_min, inserted, only_function, particle) of the aligned differing spans; the
+    alignment is difflib's on the lower-cased content pieces."""
+    ia, ib = _content(a), _content(b)
+    words_a = [a.tokens[i].lower() for i in ia]
+    words_b = [b.tokens[i].lower() for i in ib]
+    matcher = difflib.SequenceMatcher(a=words_a, b=words_b, autojunk=False)
+    span_min, inserted, differing, particle = 1.0, 0, [], 0.0
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            continue
+        side_a, side_b = words_a[i1:i2], words_b[j1:j2]
+        differing += side_a + side_b
+        if {w for w in side_a if w in _DIRECTION} != {w for w in side_b if w in _DIRECTION}:
+            particle = 1.0
+        if op == "replace":
+            va = _unit(a.vectors[ia[i1:i2]].mean(axis=0))
+            vb = _unit(b.vectors[ib[j1:j2]].mean(axis=0))
+            span_min = min(span_min, float(va @ vb))
+        else:
+            inserted += len(side_a) + len(side_b)
+    only_function = float(bool(differing) and all(w in _FUNCTION for w in differing))
+    return span_min, min(inserted, MAX_INSERTED) / MAX_INSERTED, only_function, particle
+
+
 def features(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors) -> list[float]:
-    return [float(cosine), float(guard_ok), *alignment(a, b), *structure(a, b)[1:]]
+    return [float(cosine), float(guard_ok), *alignment(a, b), *structure(a, b)[1:], *spans(a, b)]
 
 
 def logit(feats: Sequence[float], weights: Sequence[float] = WEIGHTS) -> float:
@@ -140,11 +191,46 @@ def logit(feats: Sequence[float], weights: Sequence[float] = WEIGHTS) -> float:
 
 def accepts(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors,
             weights: Sequence[float] = WEIGHTS, threshold: float = THRESHOLD) -> bool:
-    """The served decision: a hit needs cosine >= MIN_COSINE, the guard's pass, no swap, and
-    the model's logit >= threshold."""
-    if cosine < MIN_COSINE or not guard_ok or structure(a, b)[0]:
+    """The served decision: a hit needs cosine >= MIN_COSINE, no swap, and the model's logit >=
+    threshold. guard_ok False means the guard's soft refusal (guard.soft): callers never pass a
+    pair the guard refused outright."""
+    if cosine < MIN_COSINE or structure(a, b)[0]:
         return False
     return logit(features(cosine, guard_ok, a, b), weights) >= threshold
+
+
+# Stored with an entry (store.put), so that a lookup needs no encoder call for its candidates:
+# the content pieces and their vectors quantised to int8 with one scale per piece.
+_PACK_SEP = "\x1f"
+
+
+def pack(tv: TokenVectors) -> str:
+    """A stored prompt's token vectors as a string (an entry's metadata): content pieces only
+    (the features never read the others), int8 with a float16 scale per piece. ~0.4 KB per piece
+    of 384 dimensions, base64 included."""
+    keep = _content(tv)
+    vectors = np.asarray(tv.vectors[keep], dtype=np.float32)
+    scale = np.maximum(np.abs(vectors).max(axis=1), 1e-12) / 127.0
+    q = np.round(vectors / scale[:, None]).astype(np.int8)
+    blob = scale.astype(np.float16).tobytes() + q.tobytes()
+    words = _PACK_SEP.join(tv.tokens[i] for i in keep)
+    return f"{vectors.shape[1]}{_PACK_SEP}{words}{_PACK_SEP}{base64.b64encode(blob).decode('ascii')}"
+
+
+def unpack(text: str) -> TokenVectors:
+    """pack's inverse (unit vectors again); ValueError if ``text`` is not one."""
+    fields = text.split(_PACK_SEP)
+    if len(fields) < 3:
+        raise ValueError("not packed token vectors")
+    dim, words, blob = int(fields[0]), fields[1:-1], base64.b64decode(fields[-1], validate=True)
+    n = len(words)
+    if dim <= 0 or len(blob) != n * (2 + dim):
+        raise ValueError("packed token vectors of the wrong size")
+    scale = np.frombuffer(blob[:2 * n], dtype=np.float16).astype(np.float32)
+    q = np.frombuffer(blob[2 * n:], dtype=np.int8).reshape(n, dim).astype(np.float32)
+    vectors = q * scale[:, None]
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return TokenVectors(vectors, words)
 
 
 class CachedEncoder:

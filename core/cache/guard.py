@@ -20,7 +20,11 @@ symbolic features that decide the answer and that sentence embeddings blur:
 - inline code (`...`) when both prompts quote some: code is literal, so the
   quoted spans must be the same, case and symbols included (`[a-z]` is not `[A-Z]`,
   `const int*` is not `int* const`), which the uncased embedder and the word
-  tokenizer both lose. Their order may differ ("`val` vs `var`").
+  tokenizer both lose. Their order may differ ("`val` vs `var`");
+- letter case where both prompts carry it: a word spelled the same but for case, other than
+  lower vs capitalised ("Mbps" / "MBps", "mF" / "MF", "A" / "a"), names another thing (units,
+  acronyms), which the uncased embedder cannot see. A prompt in one case throughout
+  ("WHAT IS ...", "what is ...") carries no case, and "python" / "Python" is a typo.
 
 Every check errs towards rejecting: a false reject only costs a cache miss,
 a false accept returns a wrong answer. Pure Python: ~30 µs to extract the
@@ -646,6 +650,37 @@ def _code_spans(text: str) -> list[str]:
     return sorted(" ".join(span.split()) for span in _CODE_SPAN.findall(text))
 
 
+_CASED_WORD = re.compile(r"[^\W_]+")
+
+# Refusals that the second stage (core/cache/align.py) may overrule: one content word replaced
+# by one the synonym lists do not know. Every other refusal is final.
+SOFT_REASONS: tuple[str, ...] = ("one word differs",)
+
+
+def soft(reason: str) -> bool:
+    """Is this refusal (check's reason) one the second stage decides instead?"""
+    return reason.startswith(SOFT_REASONS)
+
+
+def _case_flip(a: str, b: str) -> tuple[str, str] | None:
+    """A word of ``a`` and one of ``b`` equal but for letter case, other than lower vs
+    capitalised, both prompts mixing cases (see the module docstring)."""
+    for text in (a, b):
+        if text.lower() == text or text.upper() == text:
+            return None
+    spellings: dict[str, set[str]] = {}
+    for w in _CASED_WORD.findall(a):
+        spellings.setdefault(w.lower(), set()).add(w)
+    for w in set(_CASED_WORD.findall(b)):
+        seen = spellings.get(w.lower())
+        if not seen or w in seen:
+            continue
+        for v in seen:
+            if {v, w} != {w.lower(), w.lower().capitalize()}:
+                return v, w
+    return None
+
+
 def check(a: str, b: str) -> tuple[bool, str]:
     """Do prompts ``a`` and ``b`` ask the same thing, as far as cheap features tell?
 
@@ -656,6 +691,9 @@ def check(a: str, b: str) -> tuple[bool, str]:
     code_a, code_b = _code_spans(a), _code_spans(b)
     if code_a and code_b and code_a != code_b:
         return False, f"code differs: {code_a} vs {code_b}"
+    flip = _case_flip(a, b)
+    if flip:
+        return False, f"case differs: {flip[0]} vs {flip[1]}"
     fa, fb = features(a), features(b)
     qa, qb = fa.quantities, fb.quantities
     if qa != qb:  # "1 joule" vs "one joule": a bare 1 matches a spelled-out "one" not read as a number

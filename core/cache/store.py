@@ -206,29 +206,60 @@ class CacheStore:
             if not _alive(meta, now):
                 continue
             stored_prompt = str(meta.get("prompt", ""))
+            ok = True
             if self.config.guard:
                 ok, reason = guard.check(prompt, stored_prompt)
-                if not ok:
+                # a soft refusal (one word replaced) is the second stage's to decide
+                if not ok and not (self._rescoring and guard.soft(reason)):
                     rejects += 1
                     log.debug(
                         "guard rejected %.3f match %r ~ %r: %s", similarity, prompt, stored_prompt, reason
                     )
                     continue
-            candidates.append((entry_id, similarity, doc, meta, stored_prompt))
-        if candidates and self.config.rescore and self.config.guard:
-            # The second stage (core/cache/align.py): one encoder batch for the prompt and the
-            # candidates that passed the guard.
-            vectors = self._token_encoder([prompt, *(c[4] for c in candidates)])
-            kept = [c for c, tv in zip(candidates, vectors[1:], strict=True)
-                    if align.accepts(c[1], True, vectors[0], tv)]
+            candidates.append((entry_id, similarity, doc, meta, stored_prompt, ok))
+        if candidates and self._rescoring:
+            mine, theirs = self._token_vectors(prompt, candidates)
+            kept = [c for c, tv in zip(candidates, theirs, strict=True)
+                    if align.accepts(c[1], c[5], mine, tv)]
             rejects += len(candidates) - len(kept)
             candidates = kept
         if not candidates:
             return None, rejects
-        entry_id, similarity, doc, meta, stored_prompt = candidates[0]
+        entry_id, similarity, doc, meta, stored_prompt, _ = candidates[0]
         self._touch(part, entry_id, now)
         return CacheHit("semantic", json.loads(doc), similarity, entry_id, stored_prompt,
                         float(meta["expires_at"])), rejects
+
+    @property
+    def _rescoring(self) -> bool:
+        return self.config.rescore and self.config.guard
+
+    def _token_vectors(self, prompt: str, candidates: list[tuple]) -> tuple[align.TokenVectors,
+                                                                           list[align.TokenVectors]]:
+        """The second stage's token vectors: the prompt's (the deployment's lookup remembered
+        them in its CachedEncoder, so no encoder run) and each candidate's, unpacked from the
+        entry where put stored them; only entries stored without them are encoded."""
+        stored: list[align.TokenVectors | None] = []
+        for c in candidates:
+            try:
+                stored.append(align.unpack(c[3]["tokens"]) if c[3].get("tokens") else None)
+            except ValueError:
+                stored.append(None)
+        missing = [c[4] for c, tv in zip(candidates, stored, strict=True) if tv is None]
+        encoded = iter(self._token_encoder([prompt, *missing]))
+        mine = next(encoded)
+        return mine, [tv if tv is not None else next(encoded) for tv in stored]
+
+    def _packed_tokens(self, text: str) -> str | None:
+        """An entry's token vectors for its metadata (None without the second stage or when the
+        encoder fails: the lookup then encodes the stored prompt itself)."""
+        if not self._rescoring or not text:
+            return None
+        try:
+            return align.pack(self._token_encoder([text])[0])
+        except Exception as exc:  # noqa: BLE001 - an optimisation; storing must not fail for it
+            log.warning("token vectors not stored: %s", exc)
+            return None
 
     def _count_lookup(self, hit: CacheHit | None, rejects: int) -> CacheHit | None:
         with self._lock:
@@ -264,7 +295,8 @@ class CacheStore:
         body = json.dumps(response_body, separators=(",", ":"), ensure_ascii=False)  # caller bugs raise here
         try:
             part = await self._runner.call(
-                lambda: self._put(keys.exact, name, vector, keys.semantic_text or "", body, ttl, model),
+                lambda: self._put(keys.exact, name, vector, keys.semantic_text or "", body, ttl, model,
+                                  self._packed_tokens(keys.semantic_text or "") if semantic else None),
                 self.config.write_timeout_s)
         except StoreError as exc:
             self._failed("put", exc)
@@ -277,12 +309,15 @@ class CacheStore:
         return True
 
     def _put(
-        self, key: str, name: str, vector: list[float], prompt: str, body: str, ttl: float, model: str
+        self, key: str, name: str, vector: list[float], prompt: str, body: str, ttl: float, model: str,
+        tokens: str | None = None,
     ) -> _Partition:
         from chromadb.errors import NotFoundError
 
         now = self._clock()
         meta = {"prompt": prompt, "created_at": now, "expires_at": now + ttl, "model": model}
+        if tokens:
+            meta["tokens"] = tokens  # align.pack: the second stage reads it instead of encoding
         for attempt in (1, 2):
             part = self._resolve(name, create_for_model=model)
             assert part is not None
@@ -301,25 +336,35 @@ class CacheStore:
 
     async def put_many(self, partition: str,
                        entries: Sequence[tuple[str, np.ndarray, str, Mapping[str, Any]]],
-                       *, model: str, ttl_s: float | None = None, chunk: int = 5000) -> int:
+                       *, model: str, ttl_s: float | None = None, chunk: int = 5000,
+                       token_vectors: Sequence[align.TokenVectors] | None = None) -> int:
         """Bulk upsert of (exact_key, embedding, prompt, body) into one semantic partition
-        (warming a cache, benchmarks). No bound nor deadline here; returns entries written."""
-        return await asyncio.to_thread(self._put_many, partition, entries, model, ttl_s, chunk)
+        (warming a cache, benchmarks). No bound nor deadline here; returns entries written.
+        token_vectors (one per entry, e.g. from Embedder.embed_with_tokens) are stored for the
+        second stage as put stores them; without them its lookups encode these entries."""
+        if token_vectors is not None and len(token_vectors) != len(entries):
+            raise ValueError("one token_vectors per entry")
+        return await asyncio.to_thread(self._put_many, partition, entries, model, ttl_s, chunk, token_vectors)
 
     def _put_many(self, partition: str, entries: Sequence[tuple[str, np.ndarray, str, Mapping[str, Any]]],
-                  model: str, ttl_s: float | None, chunk: int) -> int:
+                  model: str, ttl_s: float | None, chunk: int,
+                  token_vectors: Sequence[align.TokenVectors] | None = None) -> int:
         ttl = self.config.ttl_s if ttl_s is None else ttl_s
         part = self._resolve(_collection_name(partition, True), create_for_model=model)
         assert part is not None
         now = self._clock()
         for start in range(0, len(entries), chunk):
             rows = entries[start:start + chunk]
+            metas = [{"prompt": prompt, "created_at": now, "expires_at": now + ttl, "model": model}
+                     for _, _, prompt, _ in rows]
+            if token_vectors is not None and self._rescoring:
+                for meta, tv in zip(metas, token_vectors[start:start + chunk], strict=True):
+                    meta["tokens"] = align.pack(tv)
             part.collection.upsert(
                 ids=[key for key, _, _, _ in rows],
                 embeddings=[_vector(vec) for _, vec, _, _ in rows],
                 documents=[json.dumps(body, separators=(",", ":")) for _, _, _, body in rows],
-                metadatas=[{"prompt": prompt, "created_at": now, "expires_at": now + ttl, "model": model}
-                           for _, _, prompt, _ in rows])
+                metadatas=metas)
         with self._lock:
             part.count += len(entries)
             self._counters["puts"] += len(entries)

@@ -37,10 +37,13 @@ def test_alignment_is_symmetric():
     assert align.alignment(STORED, other) == pytest.approx(align.alignment(other, STORED))
 
 
-def test_accepts_needs_the_cosine_floor_and_the_guard():
+def test_accepts_needs_the_cosine_floor_and_weighs_the_guards_soft_refusal():
     assert align.accepts(0.999, True, STORED, STORED)
     assert not align.accepts(align.MIN_COSINE - 0.01, True, STORED, STORED)
-    assert not align.accepts(0.999, False, STORED, STORED)
+    # guard_ok False (a soft refusal: callers never pass a hard one) is a feature, not a veto
+    assert align.WEIGHTS[align.FEATURES.index("guard_ok")] > 0
+    assert align.logit(align.features(0.95, False, STORED, STORED)) < align.logit(
+        align.features(0.95, True, STORED, STORED))
 
 
 def test_a_swap_is_refused_whatever_the_model_says():
@@ -64,10 +67,12 @@ def test_same_words_moved_or_swapped():
 
 def test_logit_is_the_weighted_sum():
     feats = align.features(0.9, True, STORED, STORED)
-    assert feats == pytest.approx([0.9, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    # cosine, guard_ok, changed, changed_min, weakest, replaced_one, added,
+    # span_min, inserted, only_function, particle
+    assert feats == pytest.approx([0.9, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
     assert len(feats) == len(align.FEATURES) == len(align.WEIGHTS) - 1
-    w = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 9.0, -6.0)
-    assert align.logit(feats, w) == pytest.approx(0.9 + 2 + 0 + 4 + 5 - 6)
+    w = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0, 0.0, 0.0, 0.0, -6.0)
+    assert align.logit(feats, w) == pytest.approx(0.9 + 2 + 0 + 4 + 5 + 10 - 6)
 
 
 def words(text: str) -> TokenVectors:
@@ -143,3 +148,42 @@ def test_real_token_vectors_are_unit_length():
     assert np.allclose(vectors[0], plain, atol=1e-5) and np.allclose(both[0].vectors, out[1].vectors)
     with pytest.raises(ValueError, match="token_outputs"):
         Embedder.load(threads=1).embed_tokens(["Hi"])
+
+
+def test_spans_of_a_replaced_particle():
+    """"fade in" / "fade out": one span replaced by an unrelated vector, and a direction word."""
+    a = tokens(["[CLS]", "fade", "in", "audio", "[SEP]"], [7, 0, 1, 2, 7])
+    b = tokens(["[CLS]", "fade", "out", "audio", "[SEP]"], [7, 0, 3, 2, 7])
+    span_min, inserted, only_function, particle = align.spans(a, b)
+    assert span_min == pytest.approx(0.0) and inserted == 0.0 and particle == 1.0
+    assert only_function == 0.0  # "out" is no function word
+    assert align.spans(b, a) == (span_min, inserted, only_function, particle)
+
+
+def test_spans_of_a_synonym_and_of_added_function_words():
+    close = np.array([[0.0, 0.8, 0.6, 0, 0, 0, 0, 0]], np.float32)  # cosine 0.8 with row 1
+    a = tokens(["raise", "the", "price"], [1, 4, 5])
+    b = TokenVectors(np.r_[close, np.eye(8, dtype=np.float32)[[4, 5]]], ["increase", "the", "price"])
+    assert align.spans(a, b) == pytest.approx((0.8, 0.0, 0.0, 0.0))
+    # only "can you please" added: every differing piece is a function word
+    c = tokens(["can", "you", "please", "raise", "the", "price"], [6, 7, 0, 1, 4, 5])
+    assert align.spans(a, c) == pytest.approx((1.0, 3 / align.MAX_INSERTED, 1.0, 0.0))
+
+
+def test_packed_token_vectors_round_trip():
+    rng = np.random.default_rng(1)
+    raw = rng.standard_normal((5, 384)).astype(np.float32)
+    tv = TokenVectors(raw / np.linalg.norm(raw, axis=1, keepdims=True),
+                      ["[CLS]", "how", "##dy", "?", "[SEP]"])
+    packed = align.pack(tv)
+    back = align.unpack(packed)
+    assert list(back.tokens) == ["how", "##dy"]  # content pieces only: all the features read
+    assert np.allclose(back.vectors, tv.vectors[[1, 2]], atol=0.01)
+    assert np.allclose(np.linalg.norm(back.vectors, axis=1), 1.0)
+    assert len(packed) < 2 * (384 + 2) * 4 / 3 + 40  # int8: ~0.5 KB a piece, base64 included
+    other = tokens(["how", "are", "you"], [0, 1, 2], dim=384)
+    exact = align.features(0.9, True, tv, other)
+    assert align.features(0.9, True, back, other) == pytest.approx(exact, abs=0.02)
+    for bad in ("", "x", "8\x1fa\x1fnot base64!", "8\x1fa\x1f" + "AAAA"):
+        with pytest.raises(ValueError):
+            align.unpack(bad)

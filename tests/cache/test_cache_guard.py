@@ -205,3 +205,36 @@ def test_unit_words_without_a_number_are_words():
     assert guard.features("How many ml in 2 cups?").free_units == ("ml",)
     assert guard.features("Convert F to C").free_units == ("degf", "degc")
     assert guard.features("How much protein per day?").free_units == ("day",)
+
+
+@pytest.mark.parametrize(("a", "b", "flip"), [
+    # units and acronyms that differ only in case: another thing, which the uncased embedder loses
+    ("How long to download 10 GB at 100 Mbps?", "How long to download 10 GB at 100 MBps?", ("Mbps", "MBps")),
+    ("Is a 5 mW laser safe?", "Is a 5 MW laser safe?", ("mW", "MW")),
+    ("What is 1 Gb in bytes?", "What is 1 GB in bytes?", ("Gb", "GB")),
+])
+def test_words_that_differ_only_in_case_are_refused(a, b, flip):
+    ok, reason = guard.check(a, b)
+    assert not ok and reason == f"case differs: {flip[0]} vs {flip[1]}"
+    assert not guard.check(b, a)[0]
+    assert not guard.soft(reason)  # final: the second stage cannot overrule it
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("HOW DO I BOIL AN EGG", "How do I boil an egg?"),
+    ("what does nasa stand for", "What does NASA stand for?"),  # a prompt in one case carries no case
+    ("How do I install python?", "How do I install Python?"),  # lower vs capitalised: a typo
+    ("Is the cache 32 KB?", "Is the cache 32 KB in size?"),
+])
+def test_case_alone_is_no_difference_where_a_prompt_carries_none(a, b):
+    assert guard._case_flip(a, b) is None and guard._case_flip(b, a) is None
+
+
+def test_only_the_one_word_refusal_is_soft():
+    ok, reason = guard.check("What is the symbol for gold?", "What is the symbol for silver?")
+    assert not ok and guard.soft(reason)
+    for a, b in [("Convert 100 °F to Celsius", "Convert 100 °C to Fahrenheit"),
+                 ("Which foods are safe for dogs?", "Which foods are not safe for dogs?"),
+                 ("What is the capital of France?", "What is the capital of Germany?")]:
+        ok, reason = guard.check(a, b)
+        assert not ok and not guard.soft(reason)

@@ -16,7 +16,7 @@ import pytest
 from cache_vectors import near, unit
 from pydantic import ValidationError
 
-from core.cache import keys
+from core.cache import align, keys
 from core.cache.align import TokenVectors
 from core.cache.config import CacheConfig
 from core.cache.store import CacheHit, CacheStore, LookupMode, StoreLocked
@@ -154,16 +154,75 @@ def test_second_stage_decides_after_the_guard(make_store):
     store = make_store(token_encoder=encoder, threshold=0.85)
     v = unit(1)
     put(store, request(stored), v)
+    assert encoder.calls == [[stored]]  # put keeps the entry's token vectors with it
     hit = lookup(store, request(reworded), near(v, 2))  # cosine 0.958
     assert hit is not None and hit.kind == "semantic" and hit.prompt == stored
-    assert encoder.calls == [[reworded, stored]]  # one batch: the prompt and its candidate
+    assert encoder.calls[-1] == [reworded]  # the candidate's vectors come from its entry
     assert lookup(store, request(swapped), near(v, 4)) is None  # cosine 0.958 too
-    assert encoder.calls[-1] == [swapped, stored]  # the guard passed it; the second stage refused
+    assert encoder.calls[-1] == [swapped]  # the guard passed it; the second stage refused
     assert store.stats().guard_rejects == 1
-    # the guard runs first: a near miss it rejects never reaches the encoder
+    # the guard runs first: a near miss it refuses outright never reaches the encoder
     calls = len(encoder.calls)
-    assert lookup(store, request("How do I tell my boss about my raise?"), near(v, 3)) is None
+    assert lookup(store, request("How do I tell my boss about my 2 coworkers?"), near(v, 3)) is None
     assert len(encoder.calls) == calls and store.stats().guard_rejects == 2
+
+
+def test_a_soft_refusal_goes_to_the_second_stage(make_store, monkeypatch):
+    """One word replaced by one the guard's synonym lists lack: the model decides (told that the
+    guard refused softly), and what it says is served; a hard refusal never reaches it."""
+    stored = "How do I tell my boss about my coworker?"
+    unrelated = "How do I tell my boss about my raise?"
+    encoder = _fake_encoder({
+        stored: _tokens(["tell", "boss", "about", "coworker"], [0, 1, 2, 3]),
+        unrelated: _tokens(["tell", "boss", "about", "raise"], [0, 1, 2, 5]),
+    })
+    from core.cache import guard
+    assert guard.soft(guard.check(unrelated, stored)[1])
+    decided: list[tuple[bool, bool]] = []
+    real = align.accepts
+
+    def accepts(cosine, guard_ok, a, b, *args):
+        decided.append((guard_ok, real(cosine, guard_ok, a, b, *args)))
+        return decided[-1][1]
+
+    monkeypatch.setattr(align, "accepts", accepts)
+    store = make_store(token_encoder=encoder, threshold=0.85)
+    v = unit(1)
+    put(store, request(stored), v)
+    assert lookup(store, request(unrelated), near(v, 2, distance=0.05)) is None
+    assert decided == [(False, False)] and encoder.calls[-1] == [unrelated]
+    # the model's verdict is what counts: one that accepts makes it a hit
+    monkeypatch.setattr(align, "accepts", lambda *a, **k: True)
+    hit = lookup(store, request(unrelated), near(v, 2, distance=0.05))
+    assert hit is not None and hit.prompt == stored
+    # a hard refusal (numbers differ) never reaches the model
+    assert lookup(store, request("How do I tell my boss about my 2 coworkers?"), near(v, 3)) is None
+    # without the second stage a soft refusal stays a refusal
+    plain = make_store(data_dir=store.config.data_dir.parent / "plain", threshold=0.85)
+    put(plain, request(stored), v)
+    assert lookup(plain, request(unrelated), near(v, 2, distance=0.05)) is None
+
+
+def test_entries_stored_without_token_vectors_are_encoded_at_lookup(make_store):
+    stored, reworded = "How do I tell my boss about my coworker?", "how do I tell my boss about my coworker"
+    table = {stored: _tokens(["tell", "boss", "about", "coworker"], [0, 1, 2, 3]),
+             reworded: _tokens(["tell", "boss", "about", "coworker"], [0, 1, 2, 3])}
+    encoder = _fake_encoder(table)
+    store = make_store(token_encoder=encoder, threshold=0.85)
+    v = unit(1)
+    asyncio.run(store.put_many(request(stored).partition, [(request(stored).exact, v, stored, body("x"))],
+                               model="m1"))  # no token_vectors: an entry as older versions stored it
+    assert encoder.calls == []
+    assert lookup(store, request(reworded), near(v, 2, distance=0.05)) is not None
+    assert encoder.calls[-1] == [reworded, stored]
+    # put_many with token_vectors stores them: no encoding of the candidate
+    other = "How do I tell my boss about my coworker, please?"
+    table[other] = table[stored]
+    asyncio.run(store.put_many(request(other).partition, [(request(other).exact, v, other, body("y"))],
+                               model="m1", token_vectors=[table[stored]]))
+    part = next(iter(store._parts.values()))
+    got = part.collection.get(ids=[request(other).exact], include=["metadatas"])
+    assert align.unpack(got["metadatas"][0]["tokens"]).tokens == ["tell", "boss", "about", "coworker"]
 
 
 def test_no_prompt_text_means_no_semantic_hit(store):
