@@ -19,6 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# as `make serve` runs it: the proxy gates generation requests (serve_app/proxy_refusal.py)
+os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "serve_app.proxy_refusal:middlewares")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
