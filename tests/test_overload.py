@@ -66,9 +66,11 @@ def post(url: str, payload: dict, key: str = "sk-flood", **headers) -> httpx.Res
                       timeout=180)
 
 
-def test_admission_refuses_by_expected_wait_and_serves_every_accepted(admission_url):
+def burst_of_ten(url: str) -> tuple[list[httpx.Response], list[httpx.Response]]:
+    """Ten 150-token requests at once: some refused by the expected wait (503 overloaded with
+    Retry-After, no internals), every accepted one answered in full. -> (refused, served)"""
     with cf.ThreadPoolExecutor(10) as pool:
-        responses = list(pool.map(lambda _: post(admission_url, body(150)), range(10)))
+        responses = list(pool.map(lambda _: post(url, body(150)), range(10)))
     refused = [r for r in responses if r.status_code == 503]
     served = [r for r in responses if r.status_code == 200]
     assert refused and served and len(refused) + len(served) == 10
@@ -79,6 +81,11 @@ def test_admission_refuses_by_expected_wait_and_serves_every_accepted(admission_
     for r in served:  # accepted is never dropped: a full answer
         assert r.json()["choices"][0]["finish_reason"] == "length"
         assert r.json()["usage"]["completion_tokens"] == 150
+    return refused, served
+
+
+def test_admission_refuses_by_expected_wait_and_serves_every_accepted(admission_url):
+    burst_of_ten(admission_url)
 
 
 def test_ingress_keeps_a_view_of_the_engine_load(admission_url):
