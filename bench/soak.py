@@ -18,12 +18,15 @@ from collections import Counter
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# as `make serve` runs it: the proxy gates generation requests (serve_app/proxy_refusal.py)
+os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "serve_app.proxy_refusal:middlewares")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from .common import machine, markdown_table, write  # noqa: E402
+from .peer import served_args  # noqa: E402
 
 PORT = 8769
 CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"
@@ -121,8 +124,9 @@ def main() -> None:
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     cache_dir = tempfile.mkdtemp(prefix="soak-cache-")  # never the user's ~/.cache store
-    serve.run(build_graph({"device": "cpu", "llm_variant": "q4", "cache": {"data_dir": cache_dir}}),
-              name="soak", route_prefix="/")
+    served = served_args()  # what `make serve` serves, with a store of its own
+    served["cache"] = {**served.get("cache", {}), "data_dir": cache_dir}
+    serve.run(build_graph(served), name="soak", route_prefix="/")
     result = asyncio.run(soak(f"http://127.0.0.1:{PORT}", args.minutes, args.concurrency))
     serve.shutdown()
     failed = {k: v for k, v in result["outcomes"].items() if not k.endswith(" ok")}
