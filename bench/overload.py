@@ -32,14 +32,17 @@ from dataclasses import asdict, dataclass
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# as `make serve`: Serve's proxy makes the early refusal (--ingress-refusal: the Ingress does)
-os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "serve_app.proxy_refusal:middlewares")
 
 import aiohttp  # noqa: E402
+
+from serve_app.proxy_refusal import CALLBACK, CALLBACK_ENV  # noqa: E402
 
 from .common import RESULTS, machine, markdown_table, write  # noqa: E402
 from .loadgen import percentile  # noqa: E402
 from .peer import served_args  # noqa: E402
+
+# as `make serve`: Serve's proxy makes the early refusal (--ingress-refusal: the Ingress does)
+os.environ.setdefault(CALLBACK_ENV, CALLBACK)
 
 CHAT = "smollm2-135m-instruct"
 PORT = 8767

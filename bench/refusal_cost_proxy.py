@@ -19,12 +19,14 @@ import statistics
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = "serve_app.proxy_refusal:middlewares"
 
 from core.build.artifacts import SERVED_VARIANT  # noqa: E402
+from serve_app.proxy_refusal import CALLBACK, CALLBACK_ENV  # noqa: E402
 
 from .common import machine, markdown_table, wait_until_ok, write  # noqa: E402
 from .refusal_cost import KEYS, storm  # noqa: E402
+
+os.environ[CALLBACK_ENV] = CALLBACK  # both apps behind one proxy that runs the callback
 
 PORT = 8769
 MODES = {"storm-proxy": True, "storm-ingress": False}  # app name -> proxy_refusal

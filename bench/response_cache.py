@@ -19,8 +19,6 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# as `make serve` runs it: the proxy gates generation requests (serve_app/proxy_refusal.py)
-os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "serve_app.proxy_refusal:middlewares")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -28,9 +26,13 @@ import numpy as np  # noqa: E402
 from core.build.artifacts import LLM_ID  # noqa: E402
 from core.cache import CacheConfig, CacheStore, align, guard_check, request_keys  # noqa: E402
 from core.embedder import Embedder  # noqa: E402
+from serve_app.proxy_refusal import CALLBACK, CALLBACK_ENV  # noqa: E402
 from serve_app.schemas import ChatCompletionRequest  # noqa: E402
 
 from .common import machine, markdown_table, write  # noqa: E402
+
+# as `make serve` runs it: the proxy gates generation requests (serve_app/proxy_refusal.py)
+os.environ.setdefault(CALLBACK_ENV, CALLBACK)
 
 PORT = 8767
 PAIRS = Path(__file__).parents[1] / "core" / "cache" / "data" / "semantic_pairs.jsonl"

@@ -18,15 +18,18 @@ from collections import Counter
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# as `make serve` runs it: the proxy gates generation requests (serve_app/proxy_refusal.py)
-os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "serve_app.proxy_refusal:middlewares")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
+from serve_app.proxy_refusal import CALLBACK, CALLBACK_ENV  # noqa: E402
+
 from .common import machine, markdown_table, write  # noqa: E402
 from .peer import served_args  # noqa: E402
+
+# as `make serve` runs it: the proxy gates generation requests (serve_app/proxy_refusal.py)
+os.environ.setdefault(CALLBACK_ENV, CALLBACK)
 
 PORT = 8769
 CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"

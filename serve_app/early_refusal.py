@@ -34,6 +34,11 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return next((v for k, v in scope["headers"] if k == name), None)
 
 
+def authorization(scope: Scope) -> str | None:
+    value = header(scope, b"authorization")
+    return value and value.decode("latin-1")
+
+
 def refusal(exc: APIError) -> ASGIApp:
     return error_response(exc.status, exc.message, exc.param, exc.code, exc.kind, exc.headers)
 
@@ -41,8 +46,7 @@ def refusal(exc: APIError) -> ASGIApp:
 async def admit_sized(gate: Gate, scope: Scope, receive: Receive, path: str) -> tuple[int | None, Receive]:
     """The gate's decision from the headers (APIError: refused); if admitted and counted, the
     reservation resized from the body, and a `receive` that hands the body on."""
-    authorization = header(scope, b"authorization")
-    rid = await gate.admit(authorization and authorization.decode("latin-1"), DEFAULT_MAX_TOKENS[path])
+    rid = await gate.admit(authorization(scope), DEFAULT_MAX_TOKENS[path])
     if rid is not None:  # the refusal needed no body (its size does not change its wait); this does
         body = await _read_body(receive)
         gate.load.resize(rid, _decode_budget(body, DEFAULT_MAX_TOKENS[path]))
@@ -67,8 +71,7 @@ class EarlyRefusal:
         rid = None
         try:
             if gate.trusts(header(scope, ADMITTED_HEADER)):
-                authorization = header(scope, b"authorization")
-                gate.admit_admitted(authorization and authorization.decode("latin-1"))
+                gate.admit_admitted(authorization(scope))
             else:
                 rid, receive = await admit_sized(gate, scope, receive, path)
         except APIError as exc:

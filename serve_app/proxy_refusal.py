@@ -31,6 +31,9 @@ from .gate import ADMITTED_HEADER
 from .proxy_gates import ProxyGates
 
 REQUEST_ID = b"x-request-id"
+# Serve reads the proxy callback from this variable; benchmarks and tests set it as `make serve` does
+CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+CALLBACK = f"{__name__}:middlewares"
 
 
 def middlewares() -> list[Middleware]:

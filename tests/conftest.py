@@ -6,11 +6,7 @@ import os
 
 for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
                    "ORT_DISABLE_TELEMETRY": "1", "ANONYMIZED_TELEMETRY": "False",
-                   "TOKENIZERS_PARALLELISM": "false",
-                   # as `make serve`: Serve's proxy makes the early refusal (its workers inherit
-                   # this from ray.init); apps with proxy_refusal: false keep the Ingress' own
-                   "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.proxy_refusal:middlewares",
-                   }.items():
+                   "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(key, value)
 
 from pathlib import Path  # noqa: E402
@@ -19,6 +15,11 @@ import pytest  # noqa: E402
 
 from bench.common import wait_until_ok  # noqa: E402
 from core.build.artifacts import build_embedder, build_llm  # noqa: E402
+from serve_app.proxy_refusal import CALLBACK, CALLBACK_ENV  # noqa: E402
+
+# as `make serve`: Serve's proxy makes the early refusal (its workers inherit this from
+# ray.init); apps with proxy_refusal: false keep the Ingress' own
+os.environ.setdefault(CALLBACK_ENV, CALLBACK)
 
 SERVE_PORT = int(os.environ.get("TEST_SERVE_PORT", "8765"))
 
