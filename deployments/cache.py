@@ -89,14 +89,20 @@ class CacheDeployment:
     async def lookup(self, keys: RequestKeys) -> tuple[dict | None, np.ndarray | None]:
         """(hit, embedding): hit = {"kind": "exact"|"semantic", "body": ...} or None.
 
-        Exact first (no embedding needed); the prompt is embedded only for the semantic try,
-        and the embedding comes back so the caller can store its answer under it."""
+        The exact try and the prompt's embedding run together (the get by id, ~2 ms with its
+        thread hops, is hidden behind the ~6 ms embedding); an exact hit answers at once, its
+        embedding finishing unused. The embedding comes back so the caller can store its answer
+        under it."""
         start = time.perf_counter()
-        hit = await self.store.lookup(keys, LookupMode.EXACT)
-        embedding = None
-        if hit is None and keys.semantic_text:
-            embedding = await self._embed(keys.semantic_text)
+        exact = asyncio.ensure_future(self.store.lookup(keys, LookupMode.EXACT))
+        embedding, embedding_task = None, (asyncio.ensure_future(self._embed(keys.semantic_text))
+                                           if keys.semantic_text else None)
+        hit = await exact
+        if hit is None and embedding_task is not None:
+            embedding = await embedding_task
             hit = await self.store.lookup(keys, LookupMode.SEMANTIC, embedding)
+        elif embedding_task is not None:  # not needed: an exact hit stores nothing
+            embedding_task.add_done_callback(_quiet)
         self.latency.observe((time.perf_counter() - start) * 1000)
         self.lookups.inc(tags={"result": f"hit-{hit.kind}" if hit else "miss"})
         return ({"kind": hit.kind, "body": hit.body, "similarity": hit.similarity,
@@ -146,3 +152,9 @@ class CacheDeployment:
 
     def stats(self) -> dict:
         return dataclasses.asdict(self.store.stats())
+
+
+def _quiet(task: asyncio.Future) -> None:
+    """An embedding nobody waits for: its failure is not worth a warning."""
+    if not task.cancelled():
+        task.exception()

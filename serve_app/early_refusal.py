@@ -15,6 +15,7 @@ import json
 from ray import serve
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .cache_front import BODY
 from .errors import APIError, error_response
 from .gate import ADMITTED_HEADER, Gate
 from .schemas import CHAT_MAX_TOKENS, COMPLETION_MAX_TOKENS, MAX_CHOICES, MAX_TOKENS_LIMIT
@@ -43,15 +44,17 @@ def refusal(exc: APIError) -> ASGIApp:
     return error_response(exc.status, exc.message, exc.param, exc.code, exc.kind, exc.headers)
 
 
-async def admit_sized(gate: Gate, scope: Scope, receive: Receive, path: str) -> tuple[int | None, Receive]:
+async def admit_sized(gate: Gate, scope: Scope, receive: Receive,
+                      path: str) -> tuple[int | None, bytes | None, Receive]:
     """The gate's decision from the headers (APIError: refused); if admitted and counted, the
-    reservation resized from the body, and a `receive` that hands the body on."""
+    reservation resized from the body, which comes back too (None: not read), and a `receive`
+    that hands the body on."""
     rid = await gate.admit(authorization(scope), DEFAULT_MAX_TOKENS[path])
+    body = None
     if rid is not None:  # the refusal needed no body (its size does not change its wait); this does
-        body = await _read_body(receive)
+        body, receive = await read_body(receive)
         gate.load.resize(rid, _decode_budget(body, DEFAULT_MAX_TOKENS[path]))
-        receive = _replay(body, receive)
-    return rid, receive
+    return rid, body, receive
 
 
 class EarlyRefusal:
@@ -69,11 +72,14 @@ class EarlyRefusal:
             return
         gate: Gate = serve.get_replica_context().servable_object.gate  # how Serve's routes find it
         rid = None
+        body = scope.pop(BODY, None)
+        if body is not None:  # Serve's proxy sent it along: no round trip to the proxy for it
+            receive = _replay(body, receive, skip_body=True)
         try:
             if gate.trusts(header(scope, ADMITTED_HEADER)):
                 gate.admit_admitted(authorization(scope))
             else:
-                rid, receive = await admit_sized(gate, scope, receive, path)
+                rid, _, receive = await admit_sized(gate, scope, receive, path)
         except APIError as exc:
             await refusal(exc)(scope, receive, send)
             return
@@ -82,6 +88,12 @@ class EarlyRefusal:
             await self.app(scope, receive, send)
         finally:  # refused by validation, a cache hit, an error: it never reached the engine
             gate.load.release_unsent(rid)
+
+
+async def read_body(receive: Receive) -> tuple[bytes, Receive]:
+    """The whole body, and a `receive` that hands it on."""
+    body = await _read_body(receive)
+    return body, _replay(body, receive)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -96,8 +108,10 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The body once more for the app, then whatever the connection says next (a disconnect)."""
+def _replay(body: bytes, receive: Receive, skip_body: bool = False) -> Receive:
+    """The body once more for the app, then whatever the connection says next (a disconnect).
+    skip_body: `receive` still delivers the body (the replica fetches it from the proxy anyway):
+    not twice."""
     sent = False
 
     async def replay() -> Message:
@@ -105,7 +119,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        message = await receive()
+        while skip_body and message["type"] == "http.request":
+            message = await receive()
+        return message
 
     return replay
 

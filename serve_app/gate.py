@@ -14,20 +14,25 @@ from __future__ import annotations
 
 import hmac
 import time
+from typing import TYPE_CHECKING
 
 from .auth import tenant_for
 from .errors import APIError
 from .overload import IngressMetrics, LoadView
 from .quotas import Quotas
 
+if TYPE_CHECKING:
+    from .cache_front import CacheFront
+
 ADMITTED_HEADER = b"x-effserve-admitted"
 
 
 class Gate:
     def __init__(self, keys: dict[str, str], quotas: Quotas, load: LoadView,
-                 metrics: IngressMetrics, secret: str) -> None:
+                 metrics: IngressMetrics, secret: str, front: CacheFront | None = None) -> None:
         self.keys, self.quotas, self.load, self.metrics = keys, quotas, load, metrics
         self.secret = secret
+        self.front = front  # in Serve's proxy: cache hits answered there (cache_front.py)
         self.decided = {"admitted": 0, "refused": 0, "by_proxy": 0}  # for GET /v1/load
 
     async def admit(self, authorization: str | None, decode_tokens: int) -> int | None:

@@ -24,6 +24,7 @@ from core.build.artifacts import EMBEDDER_ID, LLM_ID, build_llm
 from core.llm.chat_tokenizer import ChatTokenizer, PromptTooLong
 
 from .auth import load_keys, tenant_for
+from .cache_front import LOOKED_UP, request_timeout
 from .choices import ChoiceBuilder
 from .early_refusal import EarlyRefusal
 from .errors import (
@@ -40,7 +41,7 @@ from .merged_streams import merged
 from .openai_format import Endpoint, Reply, sse, usage
 from .overload import IngressMetrics, LoadView
 from .quotas import QuotaArgs, Quotas
-from .response_cache import CachePlan, Lookup, ResponseCacheClient
+from .response_cache import CachePlan, Lookup, ResponseCacheClient, cached_response
 from .schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -67,21 +68,6 @@ class _Ctx:
     meta: dict  # to the LLM deployment: tenant, request_id, timeout_s
 
 
-def _timeout(request: Request) -> float | None:
-    """`x-request-timeout: <seconds>`: the request ends (504 / an SSE error) when it passes."""
-    raw = request.headers.get("x-request-timeout")
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds <= 3600 or seconds != seconds:
-        raise APIError(400, "x-request-timeout must be a number of seconds in (0, 3600]",
-                       "x-request-timeout", "invalid_value")
-    return seconds
-
-
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class Ingress:
@@ -93,6 +79,7 @@ class Ingress:
                  proxy_refusal: bool = True) -> None:
         self.llm, self.embedder, self.llm_variant = llm, embedder, llm_variant
         self.cache = ResponseCacheClient(cache, near_cache_entries) if cache is not None else None
+        self.near_cache_entries = near_cache_entries
         self.keys = load_keys(api_keys)
         self.chat = ChatTokenizer(build_llm(progress=lambda _: None))
         self.max_queue_wait_s, self.quota_args = max_queue_wait_s, quotas or {}
@@ -106,12 +93,17 @@ class Ingress:
                          admission_secret or secrets.token_urlsafe(24))
         self.token_texts = TokenTexts(self.chat.tokenizer)
 
-    def refusal_settings(self) -> dict:
+    def refusal_settings(self, known_secret: str | None = None) -> dict:
         """What Serve's proxy needs to refuse as this replica would (proxy_refusal.py): called
         through a handle, inside the cluster. Quota buckets are counted where they are spent:
-        requests in the proxy, tokens here."""
+        requests in the proxy, tokens here. The cache's handle and the chat tokenizer: the proxy
+        answers cache hits too (cache_front.py); the tokenizer (~1.5 MB) only to a proxy that
+        does not hold this replica's settings yet (known_secret: the secret it holds)."""
         return {"keys": self.keys, "quotas": self.quota_args, "max_queue_wait_s": self.max_queue_wait_s,
-                "secret": self.gate.secret, "llm": self.llm, "proxy_refusal": self.proxy_refusal}
+                "secret": self.gate.secret, "llm": self.llm, "proxy_refusal": self.proxy_refusal,
+                "cache": self.cache.cache if self.cache is not None else None,
+                "near_cache_entries": self.near_cache_entries,
+                "chat": self.chat if known_secret != self.gate.secret else None}
 
     # -- generation, cached or not -----------------------------------------------------------
     async def _generation(self, request: Request, endpoint: Endpoint, req: SamplingFields,
@@ -123,7 +115,8 @@ class Ingress:
         tenant = tenant_for(request.headers.get("authorization"), self.keys)
         if req.model != LLM_ID:
             raise model_not_found(req.model, LLM_ID)
-        timeout_s = _timeout(request)  # quota and early refusal: the Gate, before the body was read
+        # quota and early refusal: the Gate, before the body was read
+        timeout_s = request_timeout(request.headers)
         prompt_ids = [self._tokenize(p, param) for p in prompts()]
         budget = max_tokens * req.n * len(prompt_ids)  # every choice may use all of max_tokens
         prompt_tokens = sum(len(ids) for ids in prompt_ids)
@@ -135,10 +128,10 @@ class Ingress:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         reply = Reply(endpoint)
         plan = self.cache.plan(request.headers, endpoint, req, tenant) if self.cache else CachePlan()
-        found = await self.cache.lookup(plan.keys) if plan.look_up else Lookup()
+        found = await self._lookup(request, plan)
         if found.body is not None:
             self.quotas.give_back(tenant, budget)  # a cached answer costs no generation
-            return self._replay(reply, found, req.stream, include_usage)
+            return cached_response(endpoint, found, req.stream, include_usage)
         self.load.sent(reservation, prompt_tokens, budget)  # to the engine now, at its real size
         runs = self._runs(endpoint, req, prompt_ids, max_tokens, structure)
         builders = [ChoiceBuilder(i, endpoint, self.token_texts, runs[0][1][0]["logprobs"] is not None,
@@ -161,6 +154,16 @@ class Ingress:
         if plan.keys is not None:
             self.cache.store_later(plan.keys, found.embedding, body)
         return JSONResponse(body, headers={"x-cache": "miss"})
+
+    async def _lookup(self, request: Request, plan: CachePlan) -> Lookup:
+        """The cache's answer; a miss Serve's proxy already looked up (cache_front.py) is not
+        looked up again: its embedding comes along, to store the answer under."""
+        if not plan.look_up or self.cache is None:
+            return Lookup()
+        looked = request.scope.get(LOOKED_UP)
+        if looked is not None and plan.keys is not None and looked["exact"] == plan.keys.exact:
+            return Lookup(embedding=looked["embedding"])
+        return await self.cache.lookup(plan.keys)
 
     def _runs(self, endpoint: Endpoint, req: SamplingFields, prompt_ids: list[list[int]],
               max_tokens: int, structure: Structure) -> list[tuple[list[int], list[dict]]]:
@@ -198,15 +201,6 @@ class Ingress:
         except PromptTooLong as exc:
             raise APIError(400, str(exc), param, "context_length_exceeded") from exc
         return ids
-
-    @staticmethod
-    def _replay(reply: Reply, found: Lookup, stream: bool, include_usage: bool):
-        """A cached answer in the shape the caller asked for, marked with x-cache."""
-        headers = {"x-cache": f"hit-{found.kind}"}
-        if not stream:
-            return JSONResponse(reply.replay(found.body), headers=headers)
-        return StreamingResponse(reply.replay_events(found.body, include_usage),
-                                 media_type="text/event-stream", headers=headers)
 
     async def _stream(self, reply: Reply, runs: list[tuple[list[int], list[dict]]],
                       builders: list[ChoiceBuilder], prompt_tokens: int, include_usage: bool,

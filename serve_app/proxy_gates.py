@@ -23,9 +23,11 @@ import ray
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.handle import DeploymentHandle
 
+from .cache_front import CacheFront
 from .gate import Gate
 from .overload import IngressMetrics, LoadView
 from .quotas import QuotaArgs, Quotas
+from .response_cache import ResponseCacheClient
 
 INGRESS = "Ingress"  # the deployment name of serve_app.ingress.Ingress
 REFRESH_S = 5.0
@@ -69,24 +71,33 @@ class ProxyGates:
             apps = {info["route"]: dep.app_name for dep, info in endpoints.items()
                     if dep.name == INGRESS and info.get("route")}
             gates = await asyncio.gather(*(self._gate(app) for app in apps.values()))
+            kept = {id(gate) for gate in gates}
+            for old in self._by_app.values():  # redeployed or gone: stop its cache client
+                if id(old) not in kept and old.front is not None:
+                    old.front.close()
             self._by_app = {app: gate for app, gate in zip(apps.values(), gates, strict=True) if gate}
             self.by_route = {route: self._by_app[app] for route, app in apps.items() if app in self._by_app}
             self._routes = set(apps)
 
     async def _gate(self, app: str) -> Gate | None:
+        kept = self._by_app.get(app)
         try:
             ingress = DeploymentHandle(INGRESS, app)
-            settings = await asyncio.wait_for(ingress.refusal_settings.remote(), READ_TIMEOUT_S)
+            settings = await asyncio.wait_for(
+                ingress.refusal_settings.remote(kept.secret if kept is not None else None), READ_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - deploying, or not this project's Ingress
             logger.info("proxy refusal: app %r not gated here (%s)", app, type(exc).__name__)
             return None
         if not settings["proxy_refusal"]:
             return None  # the app's Ingress refuses (its config says so)
-        kept = self._by_app.get(app)
         if kept is not None and kept.secret == settings["secret"]:
             return kept
         if self._metrics is None:
             self._metrics = IngressMetrics()
         quotas = Quotas({t: QuotaArgs(**q) for t, q in settings["quotas"].items()})
+        front = None
+        if settings.get("cache") is not None and settings.get("chat") is not None:
+            client = ResponseCacheClient(settings["cache"], settings["near_cache_entries"])
+            front = CacheFront(client, settings["keys"], quotas, settings["chat"])
         return Gate(settings["keys"], quotas, LoadView(settings["llm"], settings["max_queue_wait_s"]),
-                    self._metrics, settings["secret"])
+                    self._metrics, settings["secret"], front)

@@ -25,12 +25,14 @@ import uuid
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .early_refusal import admit_sized, generation_path, header, refusal
+from .cache_front import BODY, MAX_SCOPE_BODY
+from .early_refusal import admit_sized, generation_path, header, read_body, refusal
 from .errors import APIError
 from .gate import ADMITTED_HEADER
 from .proxy_gates import ProxyGates
 
 REQUEST_ID = b"x-request-id"
+CACHE_PATH = "/v1/cache"
 # Serve reads the proxy callback from this variable; benchmarks and tests set it as `make serve` does
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = f"{__name__}:middlewares"
@@ -54,18 +56,31 @@ class ProxyRefusal:
         path = generation_path(scope)
         gate = await self.gates.for_route(scope["path"][:-len(path)] or "/") if path else None
         if gate is None:
-            await self.app(scope, receive, send)
+            if scope["method"] == "DELETE" and scope["path"].endswith(CACHE_PATH):
+                await self._invalidation(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         request_id = header(scope, REQUEST_ID)
         if request_id is None:  # Serve's RequestIdMiddleware (inside this one) keeps it
             request_id = f"req-{uuid.uuid4().hex[:20]}".encode()
             scope["headers"].append((REQUEST_ID, request_id))
         try:
-            rid, receive = await admit_sized(gate, scope, receive, path)
+            rid, body, receive = await admit_sized(gate, scope, receive, path)
         except APIError as exc:
             exc.headers = {**(exc.headers or {}), "x-request-id": request_id.decode("latin-1")}
             await refusal(exc)(scope, receive, send)
             return
+        if body is None:
+            body, receive = await read_body(receive)
+        cached = await gate.front.answer(scope, body, path) if gate.front is not None else None
+        if cached is not None:  # never reaches the Ingress, nor the engine
+            gate.load.drop(rid)
+            cached.headers["x-request-id"] = request_id.decode("latin-1")
+            await cached(scope, receive, send)
+            return
+        if len(body) <= MAX_SCOPE_BODY:
+            scope[BODY] = body
         scope["headers"].append((ADMITTED_HEADER, gate.secret.encode()))
         gate.load.forwarded(rid)
         reached_engine = False
@@ -82,3 +97,20 @@ class ProxyRefusal:
         finally:
             if not reached_engine:
                 gate.load.drop(rid)
+
+    async def _invalidation(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """DELETE /v1/cache: the app's near cache here is emptied now and again when the answer
+        starts (what a lookup fetched meanwhile); the long poll would hear of it a little later."""
+        gate = self.gates.by_route.get(scope["path"][:-len(CACHE_PATH)] or "/")
+        front = gate.front if gate is not None else None
+        if front is None:
+            await self.app(scope, receive, send)
+            return
+        front.cache.clear_near()
+
+        async def cleared(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                front.cache.clear_near()
+            await send(message)
+
+        await self.app(scope, receive, cleared)

@@ -74,6 +74,11 @@ class Quotas:
                 raise _over("requests", requests, wait)
             requests.level -= 1
 
+    def counts_tokens(self, tenant: str) -> bool:
+        """The tenant has a tokens quota (creates no bucket)."""
+        args = self.limits.get(tenant) or self.limits.get("*")
+        return args is not None and args.tokens_per_min is not None
+
     def check_tokens(self, tenant: str) -> None:
         """Raise 429 if the key is in token debt (spends nothing)."""
         tokens = self._bucket("tokens", tenant)

@@ -12,13 +12,14 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray.serve.handle import DeploymentHandle
 
 from core.build.artifacts import LLM_ID
 from core.cache import RequestKeys, is_cacheable, request_keys
 from core.cache.near import NearCache
 
-from .openai_format import Endpoint
+from .openai_format import Endpoint, Reply
 from .schemas import SamplingFields
 
 logger = logging.getLogger("ray.serve")
@@ -40,6 +41,17 @@ class Lookup:
     embedding: np.ndarray | None = None  # the prompt's, computed by the lookup: store under it
 
 
+def cached_response(endpoint: Endpoint, found: Lookup, stream: bool,
+                    include_usage: bool) -> JSONResponse | StreamingResponse:
+    """A cached answer in the shape the caller asked for, marked with x-cache (the Ingress and
+    Serve's proxy, cache_front.py, answer hits alike)."""
+    reply, headers = Reply(endpoint), {"x-cache": f"hit-{found.kind}"}
+    if not stream:
+        return JSONResponse(reply.replay(found.body), headers=headers)
+    return StreamingResponse(reply.replay_events(found.body, include_usage),
+                             media_type="text/event-stream", headers=headers)
+
+
 class BackgroundTasks:
     """Fire-and-forget coroutines, referenced until done (asyncio keeps only weak ones)."""
 
@@ -51,12 +63,18 @@ class BackgroundTasks:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
 
 class ResponseCacheClient:
     def __init__(self, cache: DeploymentHandle, near_cache_entries: int = 0) -> None:
         self.cache = cache
         self.background = BackgroundTasks()
         self.near = NearCache(near_cache_entries) if near_cache_entries else None
+        # bumped by every clear: an answer fetched before an invalidation is not kept near after it
+        self._epoch = 0
         if self.near is not None:
             self.background.start(self._follow_invalidations())
 
@@ -75,6 +93,7 @@ class ResponseCacheClient:
         near = self.near.get(keys.exact) if self.near is not None else None
         if near is not None:
             return Lookup(near, "exact")
+        epoch = self._epoch
         try:
             hit, embedding = await asyncio.wait_for(self.cache.lookup.remote(keys),
                                                     CACHE_LOOKUP_TIMEOUT_S)
@@ -83,7 +102,7 @@ class ResponseCacheClient:
             return Lookup()
         if hit is None:
             return Lookup(embedding=embedding)
-        if hit["kind"] == "exact" and self.near is not None:
+        if hit["kind"] == "exact" and self.near is not None and epoch == self._epoch:
             self.near.put(keys.exact, hit["body"], hit["expires_at"])
         return Lookup(hit["body"], hit["kind"], embedding)
 
@@ -92,19 +111,28 @@ class ResponseCacheClient:
         self.background.start(self._store(keys, embedding, body))
 
     async def _store(self, keys: RequestKeys, embedding: np.ndarray | None, body: dict) -> None:
+        epoch = self._epoch
         try:
             expires_at = await self.cache.put.remote(keys, embedding, body, LLM_ID)
         except Exception as exc:  # noqa: BLE001 - the answer was served; only caching failed
             logger.warning("response cache put failed: %r", exc)
             return
-        if expires_at is not None and self.near is not None:
+        if expires_at is not None and self.near is not None and epoch == self._epoch:
             self.near.put(keys.exact, body, expires_at)
 
     async def invalidate(self, model: str | None) -> int:
         """Drop cached responses (all, or one model's); -1 when the store could not."""
-        if self.near is not None:
-            self.near.clear()  # this replica's at once; the others hear it from the cache replica
+        self.clear_near()  # this replica's at once; the others hear it from the cache replica
         return await self.cache.invalidate.remote(model)
+
+    def clear_near(self) -> None:
+        self._epoch += 1
+        if self.near is not None:
+            self.near.clear()
+
+    def close(self) -> None:
+        """Stop following invalidations (and pending stores): this client is being replaced."""
+        self.background.cancel()
 
     async def _follow_invalidations(self) -> None:
         """Clear the near cache whenever the cache replica invalidates (a DELETE that another
@@ -114,11 +142,11 @@ class ResponseCacheClient:
             try:
                 new = await self.cache.invalidations.remote(token)
             except Exception as exc:  # noqa: BLE001 - unreachable: serve nothing we cannot revoke
-                self.near.clear()
+                self.clear_near()
                 logger.warning("cache replica unreachable for invalidations (%r); near cache off", exc)
                 token = None
                 await asyncio.sleep(1.0)
                 continue
             if new != token:
-                self.near.clear()
+                self.clear_near()
                 token = new

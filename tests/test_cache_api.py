@@ -129,7 +129,8 @@ def secure_url(serve_url, tmp_path_factory):
     args = {"device": "cpu", "llm_variant": "q4", "llm_spinning": False, "llm_threads": 1,
             "engine": {"max_running": 2, "max_seq_len": 512},
             "cache": {"data_dir": str(tmp_path_factory.mktemp("chroma-secure"))},
-            "api_keys": {"key-alpha": "alpha", "key-beta": "beta"}}
+            "api_keys": {"key-alpha": "alpha", "key-beta": "beta"},
+            "quotas": {"beta": {"tokens_per_min": 10**7}}}  # beta's hits spend prompt tokens
     serve.run(build_app(args), name="secure", route_prefix="/secure")
     url = f"{serve_url}/secure"
     wait_healthy(url)
@@ -146,6 +147,40 @@ def test_api_keys_and_tenant_partitions(secure_url):
     assert ask(url, question, alpha).headers["x-cache"] == "miss"
     assert ask(url, question, alpha).headers["x-cache"] == "hit-exact"
     assert ask(url, question, beta).headers["x-cache"] == "miss"  # another tenant's entry
+
+
+def test_serve_proxy_answers_hits_itself_unless_they_spend_tokens(secure_url):
+    """cache_front.py: a hit never reaches the Ingress (it counts what the proxy passed on as
+    `by_proxy`), with the headers it would have had; a tenant with a tokens quota is answered
+    by the Ingress, which spends them. A miss is looked up once, by the proxy."""
+    from ray import serve
+
+    url, _ = secure_url
+    alpha, beta = {"Authorization": "Bearer key-alpha"}, {"Authorization": "Bearer key-beta"}
+    store = serve.get_deployment_handle("CacheDeployment", app_name="secure")
+
+    def passed_on() -> int:
+        return httpx.get(f"{url}/v1/load", headers=alpha).json()["decided"]["by_proxy"]
+
+    question = unique("How many legs does a spider have?")
+    misses = store.stats.remote().result()["misses"]
+    assert ask(url, question, alpha).headers["x-cache"] == "miss"
+    # one lookup (its exact and semantic tries), not a second one in the Ingress
+    assert store.stats.remote().result()["misses"] - misses == 2
+    ask(url, question, beta)
+    for headers in (alpha, beta):
+        for _ in range(40):  # stored in the background
+            if ask(url, question, headers).headers["x-cache"] == "hit-exact":
+                break
+        else:
+            pytest.fail("never cached")
+    before = passed_on()
+    hit = ask(url, question, {**alpha, "x-request-id": "mine-42"})
+    assert hit.headers["x-cache"] == "hit-exact" and hit.headers["x-request-id"] == "mine-42"
+    assert hit.headers["content-type"] == "application/json" and hit.json()["choices"]
+    assert passed_on() == before
+    assert ask(url, question, beta).headers["x-cache"] == "hit-exact"
+    assert passed_on() == before + 1
 
 
 def test_cache_survives_an_app_restart(secure_url):

@@ -16,8 +16,22 @@ class PromptTooLong(ValueError):
 class ChatTokenizer:
     def __init__(self, model_dir: str | Path) -> None:
         model_dir = Path(model_dir)
-        self.config: dict = json.loads((model_dir / "config.json").read_text())
-        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._setup(json.loads((model_dir / "config.json").read_text()),
+                    Tokenizer.from_file(str(model_dir / "tokenizer.json")))
+
+    @classmethod
+    def _from_parts(cls, config: dict, tokenizer_json: str) -> ChatTokenizer:
+        chat = cls.__new__(cls)
+        chat._setup(config, Tokenizer.from_str(tokenizer_json))
+        return chat
+
+    def __reduce__(self) -> tuple:
+        """Pickled as its config and tokenizer, not a path: it travels to Serve's proxy
+        (cache_front.py), which may run on a node without the model files."""
+        return ChatTokenizer._from_parts, (self.config, self.tokenizer.to_str())
+
+    def _setup(self, config: dict, tokenizer: Tokenizer) -> None:
+        self.config, self.tokenizer = config, tokenizer
         self.context_length: int = self.config["context_length"]
         self.stop_ids: set[int] = set(self.config["stop_token_ids"])
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
