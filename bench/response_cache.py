@@ -1,7 +1,10 @@
 """Response-cache benchmark over HTTP: p50/p99 for a miss, an exact hit and a semantic hit, with
 10k and 100k entries in the store (filler entries bulk-written into the same partition first).
-Exact hits are measured twice: as served (from the ingress's near cache once an answer is
-stored) and from the store itself (the same store reopened by an app with the near cache off).
+The app is configs/local.yaml's (what `make serve` runs, its proxy callback included), a
+keep-alive client asks: each question once (a miss), then again `--repeats` times (exact hits),
+then a paraphrase of each, never asked before (semantic hits). Exact hits are measured twice: as
+served (from the near cache once an answer is stored) and from the store itself (the same store
+reopened by an app with the near cache off).
 
     python -m bench.response_cache      # writes bench/results/response_cache.{json,md}
 """
@@ -22,6 +25,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
 from core.build.artifacts import LLM_ID  # noqa: E402
 from core.cache import CacheConfig, CacheStore, align, guard_check, request_keys  # noqa: E402
@@ -103,11 +107,14 @@ def summarise(rows: list[tuple[float, str]], want: str) -> dict:
 
 
 def app(data_dir: Path, near_cache_entries: int):
+    """configs/local.yaml's app on this store (its cache settings kept, but for the bound)."""
     from serve_app.app import build_graph
 
-    return build_graph({"device": "cpu", "llm_variant": "q4", "engine": {"max_running": 4},
-                        "cache": {"data_dir": str(data_dir), "max_entries_per_partition": 10**7,
-                                  "near_cache_entries": near_cache_entries}})
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "local.yaml").read_text())
+    args = config["applications"][0]["args"]
+    args["cache"] = {**args.get("cache", {}), "data_dir": str(data_dir),
+                     "max_entries_per_partition": 10**7, "near_cache_entries": near_cache_entries}
+    return build_graph(args)
 
 
 def main() -> None:
@@ -115,6 +122,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--port", type=int, default=PORT)
     args = ap.parse_args()
     import ray
     from ray import serve
@@ -123,12 +131,12 @@ def main() -> None:
     partition = keys_for(pairs[0][0]).partition
     assert all(keys_for(a).partition == partition for a, _ in pairs)
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     results = []
     for size in args.sizes:
         data_dir = Path(tempfile.mkdtemp(prefix=f"cache-bench-{size}-"))
         fill_s = fill(data_dir, size, partition)
-        url = f"http://127.0.0.1:{PORT}/cache"
+        url = f"http://127.0.0.1:{args.port}/cache"
         for near in (4096, 0):  # then the same store again, every exact hit from the store
             serve.run(app(data_dir, near), name="cache", route_prefix="/cache")
             timed(url, "warm-up question about nothing in particular")
