@@ -188,3 +188,25 @@ def test_the_tokenizer_travels_by_value(chat):
     assert copy.chat_prompt(messages) == chat.chat_prompt(messages)
     assert copy.encode(copy.chat_prompt(messages)) == chat.encode(chat.chat_prompt(messages))
     assert copy.context_length == chat.context_length and copy.stop_ids == chat.stop_ids
+
+
+def test_the_ingress_skips_only_the_lookup_the_proxy_made():
+    """A miss the proxy looked up is not looked up again (its embedding is kept for the store);
+    any other request, a Cache-Control: no-cache one included, is the Ingress' as before."""
+    from types import SimpleNamespace
+
+    from serve_app.ingress import Ingress
+    from serve_app.response_cache import CachePlan
+
+    lookup = Ingress.func_or_class._lookup
+    replica = FakeCacheReplica(None)
+    ingress = SimpleNamespace(cache=ResponseCacheClient(replica))
+    proxied = SimpleNamespace(scope={LOOKED_UP: {"exact": "k1", "embedding": EMBEDDING}})
+    same, other = RequestKeys("k1", "p-part", "q"), RequestKeys("k2", "p-part", "q")
+
+    found = asyncio.run(lookup(ingress, proxied, CachePlan(same, True)))
+    assert found.body is None and found.embedding is EMBEDDING and replica.asked == []
+    asyncio.run(lookup(ingress, proxied, CachePlan(other, True)))
+    asyncio.run(lookup(ingress, SimpleNamespace(scope={}), CachePlan(same, True)))
+    assert replica.asked == [other, same]
+    assert asyncio.run(lookup(ingress, proxied, CachePlan(same, False))).embedding is None
