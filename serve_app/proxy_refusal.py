@@ -16,6 +16,10 @@ engine, or until its answer shows it never got there (not a 200, or a cache hit)
 A refusal here gets the `x-request-id` Serve would give it (the client's, or a new one), but
 is not in Serve's proxy access log or request metrics (it never reaches that part of the proxy);
 it is counted in `ray_ingress_refusals{reason}` as before.
+
+An admitted request is then looked up in the response cache here (cache_front.py): a hit is
+answered without the hop; a miss goes on with its lookup and its body in the ASGI scope.
+DELETE /v1/cache passing through empties this proxy's near cache of the app at once.
 """
 
 from __future__ import annotations
