@@ -35,8 +35,11 @@ from serve_app.schemas import ChatCompletionRequest  # noqa: E402
 
 from .common import machine, markdown_table, write  # noqa: E402
 
-# as `make serve` runs it: the proxy gates generation requests (serve_app/proxy_refusal.py)
+# as `make serve` runs it: the proxy gates generation requests (serve_app/proxy_refusal.py),
+# Serve's background loops at the Makefile's intervals
 os.environ.setdefault(CALLBACK_ENV, CALLBACK)
+os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_SERVE_METRICS_EXPORT_INTERVAL_MS", "1000")
 
 PORT = 8767
 PAIRS = Path(__file__).parents[1] / "core" / "cache" / "data" / "semantic_pairs.jsonl"

@@ -7,6 +7,7 @@ by default; with a `chroma run` server (host set) it can scale out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import time
@@ -69,6 +70,7 @@ class CacheDeployment:
         self.store = CacheStore(self.args.store_config(), token_encoder=self.token_cache)
         self.embedder = embedder
         self._epoch, self._invalidations = os.urandom(4).hex(), 0
+        self._storing: dict[str, asyncio.Future] = {}  # exact key -> its put, while in flight
         self._invalidated = asyncio.Event()
         self.lookups = metrics.Counter("cache_lookups", description="cache lookups by result",
                                        tag_keys=("result",))
@@ -89,45 +91,59 @@ class CacheDeployment:
     async def lookup(self, keys: RequestKeys) -> tuple[dict | None, np.ndarray | None]:
         """(hit, embedding): hit = {"kind": "exact"|"semantic", "body": ...} or None.
 
-        The exact try and the prompt's embedding run together (the get by id, ~2 ms with its
-        thread hops, is hidden behind the ~6 ms embedding); an exact hit answers at once, its
-        embedding finishing unused. The embedding comes back so the caller can store its answer
-        under it."""
+        Exact first (no embedding needed); the prompt is embedded only for the semantic try,
+        and the embedding comes back so the caller can store its answer under it. Embedded here
+        (embed_in_cache), all three run in one call on a store worker (one thread hop)."""
         start = time.perf_counter()
-        exact = asyncio.ensure_future(self.store.lookup(keys, LookupMode.EXACT))
-        embedding, embedding_task = None, (asyncio.ensure_future(self._embed(keys.semantic_text))
-                                           if keys.semantic_text else None)
-        hit = await exact
-        if hit is None and embedding_task is not None:
-            embedding = await embedding_task
-            hit = await self.store.lookup(keys, LookupMode.SEMANTIC, embedding)
-        elif embedding_task is not None:  # not needed: an exact hit stores nothing
-            embedding_task.add_done_callback(_quiet)
+        storing = self._storing.get(keys.exact)
+        if storing is not None:
+            # This very request's answer is being stored (it was asked again as soon as it was
+            # answered; Serve's proxy looks up within a few ms): find it rather than miss it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(storing), self.args.timeout_s)
+        if self.args.embed_in_cache and self.local_embedder is not None:
+            hit, embedding = await self.store.lookup_embedding(keys, self._embed_here)
+        else:
+            hit, embedding = await self.store.lookup(keys, LookupMode.EXACT), None
+            if hit is None and keys.semantic_text:
+                embedding = await self._embed(keys.semantic_text)
+                hit = await self.store.lookup(keys, LookupMode.SEMANTIC, embedding)
         self.latency.observe((time.perf_counter() - start) * 1000)
         self.lookups.inc(tags={"result": f"hit-{hit.kind}" if hit else "miss"})
         return ({"kind": hit.kind, "body": hit.body, "similarity": hit.similarity,
                  "expires_at": hit.expires_at} if hit else None, embedding)
 
     async def _embed(self, text: str) -> np.ndarray:
-        if self.args.embed_in_cache and self.token_cache is not None:
-            # One run gives the prompt's token vectors too: the second stage then encodes only
-            # candidates it has not seen.
-            vectors, tokens = await asyncio.to_thread(self.local_embedder.embed_with_tokens, [text])
-            self.token_cache.remember(text, tokens[0])
-            return vectors[0]
         if self.args.embed_in_cache and self.local_embedder is not None:
-            return (await asyncio.to_thread(self.local_embedder.embed, [text]))[0]
+            return await asyncio.to_thread(self._embed_here, text)
         vectors, _ = await self.embedder.embed.remote([text])
         return vectors[0]
 
+    def _embed_here(self, text: str) -> np.ndarray:
+        """The local session (blocking: a worker thread's)."""
+        if self.token_cache is not None:
+            # One run gives the prompt's token vectors too: the second stage then encodes only
+            # candidates it has not seen.
+            vectors, tokens = self.local_embedder.embed_with_tokens([text])
+            self.token_cache.remember(text, tokens[0])
+            return vectors[0]
+        return self.local_embedder.embed([text])[0]
+
     async def put(self, keys: RequestKeys, embedding: np.ndarray | None, body: dict,
                   model: str) -> float | None:
-        """Store an answer; returns when it expires (wall clock), None if it was not stored."""
-        if embedding is None and keys.semantic_text:
-            embedding = await self._embed(keys.semantic_text)
-        expires_at = time.time() + self.args.ttl_s  # no later than the store's own stamp
-        stored = await self.store.put(keys, body, embedding, self.args.ttl_s, model=model)
-        return expires_at if stored else None
+        """Store an answer; returns when it expires (wall clock), None if it was not stored.
+        A lookup of the same key meanwhile waits for it (lookup)."""
+        done = self._storing[keys.exact] = asyncio.get_running_loop().create_future()
+        try:
+            if embedding is None and keys.semantic_text:
+                embedding = await self._embed(keys.semantic_text)
+            expires_at = time.time() + self.args.ttl_s  # no later than the store's own stamp
+            stored = await self.store.put(keys, body, embedding, self.args.ttl_s, model=model)
+            return expires_at if stored else None
+        finally:
+            if self._storing.get(keys.exact) is done:
+                del self._storing[keys.exact]
+            done.set_result(None)
 
     async def invalidate(self, model: str | None = None) -> int:
         try:
@@ -153,8 +169,3 @@ class CacheDeployment:
     def stats(self) -> dict:
         return dataclasses.asdict(self.store.stats())
 
-
-def _quiet(task: asyncio.Future) -> None:
-    """An embedding nobody waits for: its failure is not worth a warning."""
-    if not task.cancelled():
-        task.exception()

@@ -529,3 +529,28 @@ def test_exact_hit_in_the_semantic_collection_needs_no_embedding(tmp_path):
         assert lookup(store, exact_only, mode=LookupMode.EXACT) is None
         hit = lookup(store, semantic, mode=LookupMode.EXACT)
         assert hit is not None and hit.kind == "exact" and hit.body == {"a": 1}
+
+
+def test_lookup_embedding_embeds_only_after_an_exact_miss(store):
+    """lookup_embedding: exact, then the prompt embedded and the semantic try, in one call; the
+    embedding comes back from a miss (the answer is stored under it), never from a hit."""
+    k, v = request(), unit(1)
+    embedded: list[str] = []
+
+    def embed(text: str) -> np.ndarray:
+        embedded.append(text)
+        return near(v, 2) if text == PARAPHRASE else unit(7)
+
+    assert asyncio.run(store.lookup_embedding(request("Something else entirely"), embed))[0] is None
+    assert embedded == []  # an empty partition: nothing to search, nothing embedded
+    put(store, k, v)
+    hit, embedding = asyncio.run(store.lookup_embedding(k, embed))
+    assert hit.kind == "exact" and embedding is None and embedded == []
+    hit, embedding = asyncio.run(store.lookup_embedding(request(PARAPHRASE), embed))
+    assert hit.kind == "semantic" and hit.prompt == PROMPT and embedding is None
+    other = request("Something else entirely")
+    hit, embedding = asyncio.run(store.lookup_embedding(other, embed))
+    assert hit is None and np.array_equal(embedding, unit(7))
+    assert embedded == [PARAPHRASE, other.semantic_text]
+    s = store.stats()
+    assert (s.hits_exact, s.hits_semantic, s.misses) == (1, 1, 2)
