@@ -40,6 +40,10 @@ prompt is on the other side of both in the other. A symmetric connective between
 Y" / "Y and X") does not count: a closed grammatical class, not words taken from pairs. On the
 development pairs every such crossing among the candidates was a near miss.
 
+Before the model, core/cache/slots.py refuses outright a pair whose prompts fill one slot of the
+question differently (an unmatched question word, a direction, a polarity, two roles crossed),
+when the caller passes the two prompts' texts (the store does).
+
 The weights and the decision threshold are fitted by bench/cache_eval.py on the development
 pairs only (core/cache/data/README.md); tests/cache/test_cache_eval.py keeps them equal to
 the evaluation's choice. Candidates below MIN_COSINE are never scored.
@@ -60,11 +64,12 @@ import numpy as np
 from core.cache import lexicon
 
 # Fitted by bench/cache_eval.py (logistic regression on the development candidates: cosine >=
-# MIN_COSINE, passed or softly refused by the guard, no swap); order: FEATURES, then the bias.
+# MIN_COSINE, passed or softly refused by the guard, no swap, no refusal of core/cache/slots.py);
+# order: FEATURES, then the bias.
 MIN_COSINE = 0.80
-WEIGHTS = (19.519, 3.1303, 7.8203, 13.0143, -10.6018, -0.9226, -0.8316, 0.5699, 0.5105, 0.6441, -0.5764,
-           -21.4916)
-THRESHOLD = 3.0  # on the logit
+WEIGHTS = (23.5329, 3.3126, 8.0112, 12.6638, -10.3836, -0.7298, -0.42, -0.0261, -0.113, 4.1207, 0.3776,
+           -24.684)
+THRESHOLD = 3.5  # on the logit
 FEATURES = ("cosine", "guard_ok", "changed", "changed_min", "weakest", "replaced_one", "added",
             "span_min", "inserted", "only_function", "particle")
 MAX_INSERTED = 6
@@ -90,10 +95,13 @@ class TokenVectors:
 TokenEncoder = Callable[[list[str]], list[TokenVectors]]
 
 
-def _content(tv: TokenVectors) -> list[int]:
+def content_positions(tv: TokenVectors) -> list[int]:
     """Positions of word pieces that carry meaning: not [CLS]/[SEP], not punctuation."""
     keep = [i for i, t in enumerate(tv.tokens) if t not in _SPECIAL and not _PUNCT.match(t)]
     return keep or list(range(len(tv.tokens)))
+
+
+_content = content_positions
 
 
 def alignment(a: TokenVectors, b: TokenVectors) -> tuple[float, float, float]:
@@ -190,11 +198,17 @@ def logit(feats: Sequence[float], weights: Sequence[float] = WEIGHTS) -> float:
 
 
 def accepts(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors,
-            weights: Sequence[float] = WEIGHTS, threshold: float = THRESHOLD) -> bool:
-    """The served decision: a hit needs cosine >= MIN_COSINE, no swap, and the model's logit >=
-    threshold. guard_ok False means the guard's soft refusal (guard.soft): callers never pass a
-    pair the guard refused outright."""
+            weights: Sequence[float] = WEIGHTS, threshold: float = THRESHOLD,
+            texts: tuple[str, str] | None = None) -> bool:
+    """The served decision: a hit needs cosine >= MIN_COSINE, no swap, no refusal of
+    core/cache/slots.py (on ``texts``, the prompts of ``a`` and ``b``, when given), and the
+    model's logit >= threshold. guard_ok False means the guard's soft refusal (guard.soft):
+    callers never pass a pair the guard refused outright."""
+    from core.cache import slots  # slots reads this module's token vectors: import on use
+
     if cosine < MIN_COSINE or structure(a, b)[0]:
+        return False
+    if texts is not None and slots.refusal(texts[0], texts[1], a, b) is not None:
         return False
     return logit(features(cosine, guard_ok, a, b), weights) >= threshold
 

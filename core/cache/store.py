@@ -220,7 +220,7 @@ class CacheStore:
         if candidates and self._rescoring:
             mine, theirs = self._token_vectors(prompt, candidates)
             kept = [c for c, tv in zip(candidates, theirs, strict=True)
-                    if align.accepts(c[1], c[5], mine, tv)]
+                    if align.accepts(c[1], c[5], mine, tv, texts=(prompt, c[4]))]
             rejects += len(candidates) - len(kept)
             candidates = kept
         if not candidates:

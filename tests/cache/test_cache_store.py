@@ -179,10 +179,12 @@ def test_a_soft_refusal_goes_to_the_second_stage(make_store, monkeypatch):
     from core.cache import guard
     assert guard.soft(guard.check(unrelated, stored)[1])
     decided: list[tuple[bool, bool]] = []
+    texts: list[tuple[str, str] | None] = []
     real = align.accepts
 
-    def accepts(cosine, guard_ok, a, b, *args):
-        decided.append((guard_ok, real(cosine, guard_ok, a, b, *args)))
+    def accepts(cosine, guard_ok, a, b, *args, **kwargs):
+        texts.append(kwargs.get("texts"))
+        decided.append((guard_ok, real(cosine, guard_ok, a, b, *args, **kwargs)))
         return decided[-1][1]
 
     monkeypatch.setattr(align, "accepts", accepts)
@@ -191,6 +193,8 @@ def test_a_soft_refusal_goes_to_the_second_stage(make_store, monkeypatch):
     put(store, request(stored), v)
     assert lookup(store, request(unrelated), near(v, 2, distance=0.05)) is None
     assert decided == [(False, False)] and encoder.calls[-1] == [unrelated]
+    # the prompts go with their vectors, for core/cache/slots.py's refusals
+    assert texts == [(unrelated, stored)]
     # the model's verdict is what counts: one that accepts makes it a hit
     monkeypatch.setattr(align, "accepts", lambda *a, **k: True)
     hit = lookup(store, request(unrelated), near(v, 2, distance=0.05))
