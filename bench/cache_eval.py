@@ -241,7 +241,7 @@ class Evaluation:
         tokens = [tv for start in range(0, len(texts), 64)
                   for tv in embedder.embed_tokens(texts[start:start + 64])]
         start = time.perf_counter()
-        self.features = np.array([align.features(c, ok, tokens[index[p.b]], tokens[index[p.a]])
+        self.features = np.array([align.features(c, ok, tokens[index[p.b]], tokens[index[p.a]], (p.b, p.a))
                                   for p, c, ok in zip(pairs, self.cos, self.guard_ok, strict=True)])
         self.swapped = np.array([align.structure(tokens[index[p.b]], tokens[index[p.a]])[0] for p in pairs])
         self.refused = np.array([slots.refusal(p.b, p.a, tokens[index[p.b]], tokens[index[p.a]]) is not None

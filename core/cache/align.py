@@ -28,6 +28,12 @@ pieces; a span is a run of pieces replaced, inserted or deleted):
 - particle: a span whose direction words (lexicon.PARTICLES, DIRECTION_MARKERS: closed
   grammatical classes, not words taken from pairs) differ from its counterpart's ("in" / "out").
 
+and one of the words (round 6, core/cache/slots.py; 0 when the caller gives no texts):
+
+- trivial_edit: every differing run of words is function words or framing, or a word replaced by
+  itself inflected, mistyped or a listed synonym ("photgraphy", "Explain X." / "What is X?"): word
+  pieces cut a typo into pieces that look like a change of content.
+
 The guard's softest refusal, one content word replaced by a word it does not know as a synonym
 (guard.SOFT_REASONS), is left to the model (guard_ok = 0) instead of refusing outright: the span
 features tell a synonym from a swapped term better than a missing synonym list does.
@@ -53,53 +59,30 @@ from __future__ import annotations
 
 import base64
 import difflib
-import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
-from core.cache import lexicon
+from core.cache import lexicon, slots
+from core.cache.tokens import TokenEncoder, TokenVectors, content_positions
 
 # Fitted by bench/cache_eval.py (logistic regression on the development candidates: cosine >=
 # MIN_COSINE, passed or softly refused by the guard, no swap, no refusal of core/cache/slots.py);
 # order: FEATURES, then the bias.
 MIN_COSINE = 0.80
-WEIGHTS = (23.5329, 3.3126, 8.0112, 12.6638, -10.3836, -0.7298, -0.42, -0.0261, -0.113, 4.1207, 0.3776,
-           -24.684)
-THRESHOLD = 3.5  # on the logit
+WEIGHTS = (25.8295, 2.3049, 10.0974, 6.2342, -2.6154, -0.6191, -0.2903, -0.9039, 0.8129, 3.4995, 0.7417,
+           7.782, -27.5616)
+THRESHOLD = 3.25  # on the logit
 FEATURES = ("cosine", "guard_ok", "changed", "changed_min", "weakest", "replaced_one", "added",
-            "span_min", "inserted", "only_function", "particle")
+            "span_min", "inserted", "only_function", "particle", "trivial_edit")
 MAX_INSERTED = 6
 _FUNCTION = lexicon.STOPWORDS | lexicon.FILLER
 _DIRECTION = lexicon.PARTICLES | lexicon.DIRECTION_MARKERS
 MAX_SWAP_CHANGES = 2  # pieces without a partner; a rewording moves words without swapping roles
 # Symmetric connectives: "X and Y" asks what "Y and X" asks, so a crossing around one is no swap.
 _SYMMETRIC = frozenset({"and", "or", "nor", "vs", "versus", "plus", "&"})
-
-_SPECIAL = {"[CLS]", "[SEP]", "[PAD]"}
-_PUNCT = re.compile(r"^[^\w]+$")
-
-
-@dataclass(frozen=True, slots=True)
-class TokenVectors:
-    """One prompt's contextual token vectors (unit length, [n, dim]) and their word pieces."""
-
-    vectors: np.ndarray
-    tokens: Sequence[str]
-
-
-# texts -> their token vectors (core.embedder.Embedder.embed_tokens)
-TokenEncoder = Callable[[list[str]], list[TokenVectors]]
-
-
-def content_positions(tv: TokenVectors) -> list[int]:
-    """Positions of word pieces that carry meaning: not [CLS]/[SEP], not punctuation."""
-    keep = [i for i, t in enumerate(tv.tokens) if t not in _SPECIAL and not _PUNCT.match(t)]
-    return keep or list(range(len(tv.tokens)))
-
 
 _content = content_positions
 
@@ -189,8 +172,11 @@ def spans(a: TokenVectors, b: TokenVectors) -> tuple[float, float, float, float]
     return span_min, min(inserted, MAX_INSERTED) / MAX_INSERTED, only_function, particle
 
 
-def features(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors) -> list[float]:
-    return [float(cosine), float(guard_ok), *alignment(a, b), *structure(a, b)[1:], *spans(a, b)]
+def features(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors,
+             texts: tuple[str, str] | None = None) -> list[float]:
+    """FEATURES of a candidate; trivial_edit needs the prompts' ``texts`` (0 without them)."""
+    trivial = float(texts is not None and slots.trivial_edit(*texts))
+    return [float(cosine), float(guard_ok), *alignment(a, b), *structure(a, b)[1:], *spans(a, b), trivial]
 
 
 def logit(feats: Sequence[float], weights: Sequence[float] = WEIGHTS) -> float:
@@ -204,13 +190,11 @@ def accepts(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors,
     core/cache/slots.py (on ``texts``, the prompts of ``a`` and ``b``, when given), and the
     model's logit >= threshold. guard_ok False means the guard's soft refusal (guard.soft):
     callers never pass a pair the guard refused outright."""
-    from core.cache import slots  # slots reads this module's token vectors: import on use
-
     if cosine < MIN_COSINE or structure(a, b)[0]:
         return False
     if texts is not None and slots.refusal(texts[0], texts[1], a, b) is not None:
         return False
-    return logit(features(cosine, guard_ok, a, b), weights) >= threshold
+    return logit(features(cosine, guard_ok, a, b, texts), weights) >= threshold
 
 
 # Stored with an entry (store.put), so that a lookup needs no encoder call for its candidates:

@@ -36,8 +36,8 @@ import re
 from collections import Counter
 
 from core.cache import lexicon
-from core.cache.align import TokenVectors, content_positions
-from core.cache.guard import _root
+from core.cache.guard import _root, _typo
+from core.cache.tokens import TokenVectors, content_positions
 
 QUESTION_SLOT_MIN = 0.80  # the weakest counterpart cosine of a specific question word that passes
 
@@ -139,6 +139,54 @@ def letter_case(a: str, b: str) -> bool:
             if re.search(rf"\b{c.lower()}\b", y) and not re.search(rf"\b{c}\b", y):
                 return True
     return False
+
+
+# Words whose change alone leaves the question as it was ("Explain X." / "What is X?", "Could you
+# tell me ..." / "How do I ..."): function words and framing verbs, less every word a slot check
+# above reads (question words, direction words, downward-entailing and contrast words).
+_TRIVIAL = ((lexicon.STOPWORDS | lexicon.FILLER | lexicon.FRAMING_VERBS | {"explain", "describe", "define"})
+            - _QUESTION - _DIRECTION - lexicon.DOWNWARD - lexicon.CONTRAST_TERMS)
+_WORD_APOS = re.compile(r"[a-z0-9']+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _same_word(x: str, y: str) -> bool:
+    """One word inflected, mistyped (guard._typo: no substitutions, so "affect" / "effect" stay
+    apart) or a listed synonym."""
+    return x == y or _root(x) == _root(y) or _typo(x, y) or bool(
+        lexicon.SYNONYM_INDEX.get(x, set()) & lexicon.SYNONYM_INDEX.get(y, set()))
+
+
+def trivial_edit(a: str, b: str) -> bool:
+    """Every differing run of words is function words or framing, words replaced one for one by
+    the same word inflected, mistyped or a synonym, or words split or joined ("bow string" /
+    "bowstring"): a second-stage feature (align.FEATURES), since word pieces split a typo into
+    pieces that look like a change. Symmetric: difflib's alignment is not, so either way round.
+    Sentences of context before the question count as no change ("I'm baking tonight. What can
+    I use instead of eggs?" / "What can I use instead of eggs?"): the last sentence must be it."""
+    wa, wb = _WORD_APOS.findall(a.lower()), _WORD_APOS.findall(b.lower())
+    if _trivial(wa, wb) or _trivial(wb, wa):
+        return True
+    for longer, shorter in ((a, b), (b, a)):
+        sentences = _SENTENCE_END.split(longer.strip())
+        if len(sentences) > 1 and len(_SENTENCE_END.split(shorter.strip())) == 1:
+            last, other = _WORD_APOS.findall(sentences[-1].lower()), _WORD_APOS.findall(shorter.lower())
+            if _trivial(last, other) or _trivial(other, last):
+                return True
+    return False
+
+
+def _trivial(wa: list[str], wb: list[str]) -> bool:
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=wa, b=wb, autojunk=False).get_opcodes():
+        side_a, side_b = wa[i1:i2], wb[j1:j2]
+        if op == "equal" or all(w in _TRIVIAL for w in side_a + side_b) or "".join(side_a) == "".join(side_b):
+            continue
+        pairs = zip(side_a, side_b, strict=False)
+        if op == "replace" and len(side_a) == len(side_b) and all(
+                (x in _TRIVIAL and y in _TRIVIAL) or _same_word(x, y) for x, y in pairs):
+            continue
+        return False
+    return True
 
 
 def refusal(a: str, b: str, ta: TokenVectors, tb: TokenVectors) -> str | None:

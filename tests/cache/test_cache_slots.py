@@ -102,3 +102,32 @@ def test_accepts_applies_the_refusals_only_with_the_texts():
     assert not align.accepts(0.99, True, a, b, generous, texts=texts)
     assert align.accepts(0.99, True, a, b, generous, texts=(texts[0], texts[0]))
     assert slots.refusal(texts[0], texts[0], a, b) is None
+
+
+@pytest.mark.parametrize(("a", "b", "trivial"), [
+    ("What is the rule of thirds in photography?", "what is the rule of thirds in photgraphy", True),
+    ("Explain what phishing is.", "What is phishing?", True),
+    ("Please tell me what umami is.", "What is umami?", True),
+    ("How do I wax my bowstring?", "How do I wax my bow string?", True),
+    ("I'm baking tonight and ran out of eggs. What can I use instead of eggs?",
+     "What can I use instead of eggs?", True),
+    # a substitution is no typo; a question word, a negation or a direction is no framing
+    ("What does 'affect' mean?", "What does 'effect' mean?", False),
+    ("What is a waxing moon?", "What is a waning moon?", False),
+    ("What is phishing?", "Why is phishing?", False),
+    ("Can I eat raw eggs?", "Can I not eat raw eggs?", False),
+    ("Flights to Paris", "Flights from Paris", False),
+    # context then another question
+    ("I use Django. How do I add a column?", "How do I drop a column?", False),
+])
+def test_trivial_edit(a, b, trivial):
+    assert slots.trivial_edit(a, b) is trivial
+    assert slots.trivial_edit(b, a) is trivial
+
+
+def test_trivial_edit_is_a_feature_read_from_the_texts():
+    a = TokenVectors(E[:3], ["[CLS]", "phishing", "[SEP]"])
+    with_texts = align.features(0.95, True, a, a, ("Explain what phishing is.", "What is phishing?"))
+    assert with_texts[align.FEATURES.index("trivial_edit")] == 1.0
+    assert align.features(0.95, True, a, a)[align.FEATURES.index("trivial_edit")] == 0.0
+    assert align.WEIGHTS[align.FEATURES.index("trivial_edit")] > 0  # it speaks for a hit
