@@ -24,7 +24,9 @@ Decision rules: cosine alone, cosine + guard (by cosine threshold), and
 cosine + guard + align (core/cache/align.py: candidates with cosine >=
 MIN_COSINE that pass the guard, or that it refuses softly (guard.soft: one word
 replaced), are no swap and that core/cache/slots.py does not refuse (a question
-word, a direction, a polarity or two roles that differ), then a logistic model of cosine, the guard's verdict,
+word, a direction, a polarity or two roles that differ); a trivial edit
+(slots.trivial_edit: typos, inflection, framing, context sentences) is a hit from
+cosine TRIVIAL_MIN_COSINE on, the others go to a logistic model of cosine, the guard's verdict,
 token alignment, the edit's shape and the aligned differing spans, fitted here on
 the development candidates; by threshold on its logit).
 For every rule and threshold the pooled development pairs give recall and the
@@ -246,6 +248,7 @@ class Evaluation:
         self.swapped = np.array([align.structure(tokens[index[p.b]], tokens[index[p.a]])[0] for p in pairs])
         self.refused = np.array([slots.refusal(p.b, p.a, tokens[index[p.b]], tokens[index[p.a]]) is not None
                                  for p in pairs])
+        self.trivial = np.array([slots.trivial_edit(p.b, p.a) for p in pairs])
         self.align_us = (time.perf_counter() - start) / len(pairs) * 1e6
         self.bound = MAX_FALSE_HIT_UB  # the development bound of choose(); calibrate() sets it
         self.weights = self.fit(DEVELOPMENT)
@@ -263,9 +266,16 @@ class Evaluation:
         m = self.mask(*splits) & self.candidates()
         return align.fit_logistic(self.features[m], self.same[m].astype(float))
 
+    def trivial_path(self) -> np.ndarray:
+        """Pairs accepted without the model (align.accepts): a trivial edit at cosine >=
+        TRIVIAL_MIN_COSINE that the guard passes (or refuses softly), no swap, no slot refusal."""
+        return (self.trivial & (self.cos >= align.TRIVIAL_MIN_COSINE) & (self.guard_ok | self.guard_soft)
+                & ~self.swapped & ~self.refused)
+
     def logits(self, weights: tuple[float, ...]) -> np.ndarray:
+        """The model's logit of each candidate, +inf on the trivial path, -inf for the rest."""
         z = self.features @ np.asarray(weights[:-1]) + weights[-1]
-        return np.where(self.candidates(), z, -np.inf)
+        return np.where(self.trivial_path(), np.inf, np.where(self.candidates(), z, -np.inf))
 
     def mask(self, *splits: str) -> np.ndarray:
         return np.isin(self.split, splits)
@@ -455,7 +465,8 @@ def report(ev: Evaluation) -> dict:
         "round5": ROUND5,
         "guard_us_per_pair": ev.guard_us,
         "align_us_per_pair": ev.align_us,
-        "align": {"min_cosine": align.MIN_COSINE, "features": list(align.FEATURES),
+        "align": {"min_cosine": align.MIN_COSINE, "trivial_min_cosine": align.TRIVIAL_MIN_COSINE,
+                  "features": list(align.FEATURES),
                   "weights": list(ev.weights)},
         "splits": {s: {"topics": sorted(t for t, v in ev.split_of.items() if v == s),
                        "pairs": int(ev.mask(s).sum()),
@@ -538,7 +549,8 @@ def markdown(rep: dict) -> str:
               " (" + "; ".join(f"{c['bound']:.2%}: {_fmt(c)}" for c in rule["calibration"]) + ")."
               f" {rule['held_out']} is scored once, at the chosen setting.", "",
               f"Second stage: candidates with cosine >= {al['min_cosine']} that pass the guard, are no"
-              " swap (align.structure) and that core/cache/slots.py does not refuse; logit ="
+              " swap (align.structure) and that core/cache/slots.py does not refuse; a trivial edit"
+              f" (slots.trivial_edit) is a hit from cosine {al['trivial_min_cosine']} on; logit ="
               " " + " ".join(f"{w:+.3f}·{f}" for w, f in zip(al["weights"], al["features"], strict=False))
               + f" {al['weights'][-1]:+.3f} (fitted on the development candidates).", ""]
     for r, t in rep["choices"].items():

@@ -72,8 +72,13 @@ from core.cache.tokens import TokenEncoder, TokenVectors, content_positions
 # MIN_COSINE, passed or softly refused by the guard, no swap, no refusal of core/cache/slots.py);
 # order: FEATURES, then the bias.
 MIN_COSINE = 0.80
-WEIGHTS = (25.8295, 2.3049, 10.0974, 6.2342, -2.6154, -0.6191, -0.2903, -0.9039, 0.8129, 3.4995, 0.7417,
-           7.782, -27.5616)
+# A candidate that slots.trivial_edit finds the same prompt (typos, inflection, framing, context
+# sentences) is a hit from this cosine on, without the model: MiniLM scores "How tall is Mount
+# Everest?" / "how tall is mount everst" at 0.65. On the development pairs no near miss that
+# passes the guard and the slot refusals is a trivial edit, at any cosine.
+TRIVIAL_MIN_COSINE = 0.60
+WEIGHTS = (25.8396, 2.3037, 10.0997, 6.1921, -2.5537, -0.6166, -0.2958, -0.8852, 0.805, 3.4976, 0.7435,
+           7.7857, -27.5905)
 THRESHOLD = 3.25  # on the logit
 FEATURES = ("cosine", "guard_ok", "changed", "changed_min", "weakest", "replaced_one", "added",
             "span_min", "inserted", "only_function", "particle", "trivial_edit")
@@ -185,14 +190,20 @@ def logit(feats: Sequence[float], weights: Sequence[float] = WEIGHTS) -> float:
 
 def accepts(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors,
             weights: Sequence[float] = WEIGHTS, threshold: float = THRESHOLD,
-            texts: tuple[str, str] | None = None) -> bool:
-    """The served decision: a hit needs cosine >= MIN_COSINE, no swap, no refusal of
-    core/cache/slots.py (on ``texts``, the prompts of ``a`` and ``b``, when given), and the
-    model's logit >= threshold. guard_ok False means the guard's soft refusal (guard.soft):
-    callers never pass a pair the guard refused outright."""
-    if cosine < MIN_COSINE or structure(a, b)[0]:
+            texts: tuple[str, str] | None = None, min_cosine: float = MIN_COSINE) -> bool:
+    """The served decision: no swap, no refusal of core/cache/slots.py (on ``texts``, the
+    prompts of ``a`` and ``b``, when given), then either a trivial edit (slots.trivial_edit) at
+    cosine >= TRIVIAL_MIN_COSINE, or cosine >= ``min_cosine`` (the store's threshold, MIN_COSINE
+    by default) and the model's logit >= threshold. guard_ok False means the guard's soft refusal
+    (guard.soft): callers never pass a pair the guard refused outright."""
+    if cosine < min(min_cosine, TRIVIAL_MIN_COSINE) or structure(a, b)[0]:
         return False
     if texts is not None and slots.refusal(texts[0], texts[1], a, b) is not None:
+        return False
+    trivial = texts is not None and slots.trivial_edit(*texts)
+    if trivial and cosine >= TRIVIAL_MIN_COSINE:
+        return True
+    if cosine < min_cosine:
         return False
     return logit(features(cosine, guard_ok, a, b, texts), weights) >= threshold
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
+from functools import lru_cache
 
 from core.cache import lexicon
 from core.cache.guard import _root, _typo
@@ -55,8 +56,11 @@ _PREVENT = re.compile(r"\b(?:keep|stop|prevent)\b(?: [a-z']+){1,3} from [a-z]+in
 _ONE_LETTER = re.compile(r"(?<=\w)[ ,]+([A-HJ-Z])\b")  # "I" is a pronoun
 
 
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower().replace("n't", " not"))
+# Per-text work is cached: a lookup compares one new prompt with up to n_results stored ones, and
+# stored prompts come back as candidates again and again.
+@lru_cache(maxsize=4096)
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text.lower().replace("n't", " not")))
 
 
 def question_slot(a: TokenVectors, b: TokenVectors) -> float:
@@ -93,6 +97,7 @@ def direction_flip(a: str, b: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=4096)
 def _downward(text: str) -> int:
     low = text.lower()
     # "avoiding", "failed": by root, if the root is a word of 4+ letters ("noted" is no "not")
@@ -105,8 +110,9 @@ def polarity(a: str, b: str) -> bool:
     return _downward(a) != _downward(b)
 
 
-def _roots(text: str) -> list[str]:
-    return [_root(w) for w in _words(text) if w not in _FUNCTION]
+@lru_cache(maxsize=4096)
+def _roots(text: str) -> tuple[str, ...]:
+    return tuple(_root(w) for w in _words(text) if w not in _FUNCTION)
 
 
 def roles_crossed(a: str, b: str) -> bool:
@@ -144,9 +150,12 @@ def letter_case(a: str, b: str) -> bool:
 # Words whose change alone leaves the question as it was ("Explain X." / "What is X?", "Could you
 # tell me ..." / "How do I ..."): function words and framing verbs, less every word a slot check
 # above reads (question words, direction words, downward-entailing and contrast words).
-_TRIVIAL = ((lexicon.STOPWORDS | lexicon.FILLER | lexicon.FRAMING_VERBS | {"explain", "describe", "define"})
-            - _QUESTION - _DIRECTION - lexicon.DOWNWARD - lexicon.CONTRAST_TERMS)
-_WORD_APOS = re.compile(r"[a-z0-9']+")
+_TRIVIAL = ((lexicon.STOPWORDS | lexicon.FILLER) - _QUESTION - _DIRECTION - lexicon.DOWNWARD
+            - lexicon.CONTRAST_TERMS)
+# framing only where a prompt starts ("Show me how ..."); elsewhere a verb ("v-if" / "v-show")
+_FRAMING = _TRIVIAL | ((lexicon.FRAMING_VERBS | {"explain", "describe", "define"}) - lexicon.CONTRAST_TERMS)
+# words, and every other symbol on its own ("®" / "™", "+"): a symbol is never trivial
+_WORD_APOS = re.compile(r"[a-z0-9']+|[^\sa-z0-9'.,;:!?\"()\-]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -179,11 +188,12 @@ def trivial_edit(a: str, b: str) -> bool:
 def _trivial(wa: list[str], wb: list[str]) -> bool:
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=wa, b=wb, autojunk=False).get_opcodes():
         side_a, side_b = wa[i1:i2], wb[j1:j2]
-        if op == "equal" or all(w in _TRIVIAL for w in side_a + side_b) or "".join(side_a) == "".join(side_b):
+        trivial = _FRAMING if i1 == 0 or j1 == 0 else _TRIVIAL
+        if op == "equal" or all(w in trivial for w in side_a + side_b) or "".join(side_a) == "".join(side_b):
             continue
         pairs = zip(side_a, side_b, strict=False)
         if op == "replace" and len(side_a) == len(side_b) and all(
-                (x in _TRIVIAL and y in _TRIVIAL) or _same_word(x, y) for x, y in pairs):
+                (x in trivial and y in trivial) or _same_word(x, y) for x, y in pairs):
             continue
         return False
     return True

@@ -131,3 +131,21 @@ def test_trivial_edit_is_a_feature_read_from_the_texts():
     assert with_texts[align.FEATURES.index("trivial_edit")] == 1.0
     assert align.features(0.95, True, a, a)[align.FEATURES.index("trivial_edit")] == 0.0
     assert align.WEIGHTS[align.FEATURES.index("trivial_edit")] > 0  # it speaks for a hit
+
+
+def test_a_trivial_edit_is_a_hit_from_its_own_cosine_without_the_model():
+    refusing = (0.0,) * len(align.FEATURES) + (-100.0,)  # a model that refuses everything
+    a = TokenVectors(E[:3], ["[CLS]", "everest", "[SEP]"])
+    b = TokenVectors(E[[0, 3, 2]], ["[CLS]", "everst", "[SEP]"])
+    texts = ("How tall is Mount Everest?", "how tall is mount everst")
+    low = align.TRIVIAL_MIN_COSINE + 0.01
+    assert align.accepts(low, True, a, b, refusing, texts=texts)
+    assert not align.accepts(align.TRIVIAL_MIN_COSINE - 0.01, True, a, b, refusing, texts=texts)
+    # without the texts, or for another prompt, the cosine floor and the model decide
+    assert not align.accepts(low, True, a, b, refusing)
+    assert not align.accepts(0.99, True, a, b, refusing, texts=(texts[0], "How old is Mount Everest?"))
+    # the store's threshold (min_cosine) binds the model, not the trivial edit
+    generous = (0.0,) * len(align.FEATURES) + (100.0,)
+    other = (texts[0], "How old is Everest?")
+    assert not align.accepts(0.85, True, a, b, generous, texts=other, min_cosine=0.9)
+    assert align.accepts(0.85, True, a, b, refusing, texts=texts, min_cosine=0.9)
