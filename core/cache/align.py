@@ -78,7 +78,7 @@ MIN_COSINE = 0.80
 # passes the guard and the slot refusals is a trivial edit, at any cosine.
 TRIVIAL_MIN_COSINE = 0.60
 WEIGHTS = (25.8396, 2.3037, 10.0997, 6.1921, -2.5537, -0.6166, -0.2958, -0.8852, 0.805, 3.4976, 0.7435,
-           7.7857, -27.5905)
+           7.7857, -27.5906)
 THRESHOLD = 3.25  # on the logit
 FEATURES = ("cosine", "guard_ok", "changed", "changed_min", "weakest", "replaced_one", "added",
             "span_min", "inserted", "only_function", "particle", "trivial_edit")
