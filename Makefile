@@ -86,6 +86,7 @@ bench: install-test models
 	SERVER_ONLY=1 bash bench/setup_peer.sh
 	$(BIN)/python -m bench.peer
 	$(BIN)/python -m bench.profile
+	$(BIN)/python -m bench.op_split
 	$(BIN)/python -m bench.settings
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.refusal_cost

@@ -15,13 +15,18 @@ Splits, all by topic (no topic in two splits):
   once in round 3 (ROUND3: missed), development data since.
 - test3: core/cache/data/pairs_test3/, written before any round-4 change; scored
   once in round 4 (ROUND4: missed), development data since.
-- test5: core/cache/data/pairs_test5/, written before any round-5 change and
-  without looking at a score; scored once at the chosen setting.
+- test5: core/cache/data/pairs_test5/, written before any round-5 change; scored
+  once in round 5 (ROUND5: missed), development data since.
+- test6: core/cache/data/pairs_test6/, written and committed before any round-6
+  change and without looking at a score; scored once at the chosen setting.
 
 Decision rules: cosine alone, cosine + guard (by cosine threshold), and
 cosine + guard + align (core/cache/align.py: candidates with cosine >=
 MIN_COSINE that pass the guard, or that it refuses softly (guard.soft: one word
-replaced), and are no swap, then a logistic model of cosine, the guard's verdict,
+replaced), are no swap and that core/cache/slots.py does not refuse (a question
+word, a direction, a polarity or two roles that differ); a trivial edit
+(slots.trivial_edit: typos, inflection, framing, context sentences) is a hit from
+cosine TRIVIAL_MIN_COSINE on, the others go to a logistic model of cosine, the guard's verdict,
 token alignment, the edit's shape and the aligned differing spans, fitted here on
 the development candidates; by threshold on its logit).
 For every rule and threshold the pooled development pairs give recall and the
@@ -30,9 +35,12 @@ setting has the highest development recall whose false-hit upper bound is <=
 a bound calibrated on development: the least strict of CHOICE_UB_GRID for which
 leave-one-split-out (the whole procedure, fit and threshold, on the other
 development splits, scored on the one left out) keeps the pooled false-hit upper
-bound <= MAX_FALSE_HIT_UB. Round 3 chose at 1 % on the pooled development splits
+bound <= MAX_LOSO_UB. Round 3 chose at 1 % on the pooled development splits
 and its held-out rate was six times the development rate; the calibration asks
-the bound to hold on topics the choice has not seen, before test5 is looked at.
+the bound to hold on topics the choice has not seen, before test6 is looked at.
+Rounds 4 and 5 met 1 % in leave-one-split-out and still missed it on the held-out
+set (about four times the rate: each new set brings near misses of kinds the
+older ones hold few of), so MAX_LOSO_UB is half the target.
 The served defaults (core/cache/config.py, core/cache/align.py) must equal the
 choice (tests/cache/test_cache_eval.py).
 Writes bench/results/cache_eval.{json,md}.
@@ -62,22 +70,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
-from core.cache import align, guard  # noqa: E402
+from core.cache import align, guard, slots  # noqa: E402
 
 PAIRS_DIR = ROOT / "core" / "cache" / "data" / "pairs"
 TEST_DIR = ROOT / "core" / "cache" / "data" / "pairs_test"
 TEST2_DIR = ROOT / "core" / "cache" / "data" / "pairs_test2"
 TEST3_DIR = ROOT / "core" / "cache" / "data" / "pairs_test3"
 TEST5_DIR = ROOT / "core" / "cache" / "data" / "pairs_test5"
+TEST6_DIR = ROOT / "core" / "cache" / "data" / "pairs_test6"
 # The earlier sets (the guard was first written against the first): scored at the chosen
 # setting for comparison, never used to choose; their topics overlap every split.
 LEGACY = [ROOT / "core" / "cache" / "data" / "semantic_pairs.jsonl",
           ROOT / "core" / "cache" / "data" / "semantic_pairs_holdout.jsonl"]
-SPLITS = ("tune", "dev", "test1", "test", "test2", "test3", "test5")
-DEVELOPMENT = ("tune", "dev", "test1", "test", "test2", "test3")  # the choice is made on these, pooled
-HELD_OUT = "test5"
+SPLITS = ("tune", "dev", "test1", "test", "test2", "test3", "test5", "test6")
+# the choice is made on these, pooled
+DEVELOPMENT = ("tune", "dev", "test1", "test", "test2", "test3", "test5")
+HELD_OUT = "test6"
 # The sets written after core/cache/data/pairs, each its own split (by topic).
-EXTRA_SETS = {"test": TEST_DIR, "test2": TEST2_DIR, "test3": TEST3_DIR, "test5": TEST5_DIR}
+EXTRA_SETS = {"test": TEST_DIR, "test2": TEST2_DIR, "test3": TEST3_DIR, "test5": TEST5_DIR,
+              "test6": TEST6_DIR}
 # Shares of core/cache/data/pairs (test1 has half: with ~560 near misses one false hit
 # still bounds the rate under 1 %); the test split is core/cache/data/pairs_test.
 SPLIT_SHARES = {"tune": 0.30, "dev": 0.20, "test1": 0.50}
@@ -96,11 +107,16 @@ ROUND3 = {"threshold": 2.75, "test2": {"recall": 0.584, "true_hits": 213, "parap
 # at logit 2.0; test3 scored once. Kept as it was measured.
 ROUND4 = {"threshold": 2.0, "test3": {"recall": 0.548, "true_hits": 213, "paraphrases": 389,
                                       "false_hits": 16, "near_misses": 594, "ub": 0.0406}}
+# Round 5 (commit d618b76): chosen on tune+dev+test1+test+test2+test3, cosine >= 0.80 + guard +
+# align at logit 3.0; test5 scored once. Kept as it was measured.
+ROUND5 = {"threshold": 3.0, "test5": {"recall": 0.624, "true_hits": 229, "paraphrases": 367,
+                                      "false_hits": 16, "near_misses": 599, "ub": 0.0403}}
 CONFIDENCE = 0.95
 MAX_FALSE_HIT_UB = 0.01  # the target, on the held-out split
+MAX_LOSO_UB = 0.005  # what leave-one-split-out must show for the choice (see the docstring)
 # Bounds the choice may use on the pooled development splits, least strict first: calibrate()
 # takes the first whose leave-one-split-out result stays within MAX_FALSE_HIT_UB.
-CHOICE_UB_GRID = (0.01, 0.0075, 0.005, 0.004, 0.003)
+CHOICE_UB_GRID = (0.01, 0.0075, 0.005, 0.004, 0.003, 0.0025, 0.002, 0.0015, 0.001)
 TARGET_RECALL = 0.60
 THRESHOLDS = [round(0.70 + 0.01 * i, 2) for i in range(30)]
 ALIGN_THRESHOLDS = [round(-1.0 + 0.25 * i, 2) for i in range(33)]  # on the logit
@@ -142,7 +158,7 @@ def load_legacy(path: Path) -> list[Pair]:
 
 
 def assign_splits(pairs: list[Pair], test: list[Pair] = (), test2: list[Pair] = (),
-                  test3: list[Pair] = (), test5: list[Pair] = ()) -> dict[str, str]:
+                  test3: list[Pair] = (), test5: list[Pair] = (), test6: list[Pair] = ()) -> dict[str, str]:
     """topic -> split. Development topics in a fixed pseudo-random order (sha256 of the name),
     cut by share of pairs: the assignment depends on the topic names and sizes only, never on
     scores. Every topic of ``test`` goes to the test split, of ``test2`` to test2, and so on."""
@@ -155,7 +171,8 @@ def assign_splits(pairs: list[Pair], test: list[Pair] = (), test2: list[Pair] = 
         share = (done + sizes[topic] / 2) / total  # the topic goes where its middle falls
         out[topic] = list(SPLIT_SHARES)[int(np.searchsorted(bounds, share, side="right"))]
         done += sizes[topic]
-    for name, extra in (("test", test), ("test2", test2), ("test3", test3), ("test5", test5)):
+    for name, extra in (("test", test), ("test2", test2), ("test3", test3), ("test5", test5),
+                        ("test6", test6)):
         for p in extra:
             if out.get(p.topic, name) != name:
                 raise ValueError(f"topic {p.topic!r} is in another split and in the {name} set")
@@ -226,9 +243,12 @@ class Evaluation:
         tokens = [tv for start in range(0, len(texts), 64)
                   for tv in embedder.embed_tokens(texts[start:start + 64])]
         start = time.perf_counter()
-        self.features = np.array([align.features(c, ok, tokens[index[p.b]], tokens[index[p.a]])
+        self.features = np.array([align.features(c, ok, tokens[index[p.b]], tokens[index[p.a]], (p.b, p.a))
                                   for p, c, ok in zip(pairs, self.cos, self.guard_ok, strict=True)])
         self.swapped = np.array([align.structure(tokens[index[p.b]], tokens[index[p.a]])[0] for p in pairs])
+        self.refused = np.array([slots.refusal(p.b, p.a, tokens[index[p.b]], tokens[index[p.a]]) is not None
+                                 for p in pairs])
+        self.trivial = np.array([slots.trivial_edit(p.b, p.a) for p in pairs])
         self.align_us = (time.perf_counter() - start) / len(pairs) * 1e6
         self.bound = MAX_FALSE_HIT_UB  # the development bound of choose(); calibrate() sets it
         self.weights = self.fit(DEVELOPMENT)
@@ -236,8 +256,9 @@ class Evaluation:
 
     def candidates(self) -> np.ndarray:
         """Pairs the model decides: over the cosine floor, passed (or softly refused) by the
-        guard, no swap."""
-        return (self.cos >= align.MIN_COSINE) & (self.guard_ok | self.guard_soft) & ~self.swapped
+        guard, no swap, not refused by core/cache/slots.py."""
+        return ((self.cos >= align.MIN_COSINE) & (self.guard_ok | self.guard_soft) & ~self.swapped
+                & ~self.refused)
 
     def fit(self, splits: tuple[str, ...]) -> tuple[float, ...]:
         """The logistic model on the candidates of ``splits``: the model only ever decides
@@ -245,9 +266,16 @@ class Evaluation:
         m = self.mask(*splits) & self.candidates()
         return align.fit_logistic(self.features[m], self.same[m].astype(float))
 
+    def trivial_path(self) -> np.ndarray:
+        """Pairs accepted without the model (align.accepts): a trivial edit at cosine >=
+        TRIVIAL_MIN_COSINE that the guard passes (or refuses softly), no swap, no slot refusal."""
+        return (self.trivial & (self.cos >= align.TRIVIAL_MIN_COSINE) & (self.guard_ok | self.guard_soft)
+                & ~self.swapped & ~self.refused)
+
     def logits(self, weights: tuple[float, ...]) -> np.ndarray:
+        """The model's logit of each candidate, +inf on the trivial path, -inf for the rest."""
         z = self.features @ np.asarray(weights[:-1]) + weights[-1]
-        return np.where(self.candidates(), z, -np.inf)
+        return np.where(self.trivial_path(), np.inf, np.where(self.candidates(), z, -np.inf))
 
     def mask(self, *splits: str) -> np.ndarray:
         return np.isin(self.split, splits)
@@ -355,7 +383,8 @@ def score_legacy(pairs: list[Pair], embedder, rule: str, threshold: float,
     ok = np.array([g for g, _ in verdicts])
     if rule == ALIGN_RULE:
         hit = np.array([(g or guard.soft(reason))
-                        and align.accepts(c, g, tokens[index[p.b]], tokens[index[p.a]], weights, threshold)
+                        and align.accepts(c, g, tokens[index[p.b]], tokens[index[p.a]], weights, threshold,
+                                          texts=(p.b, p.a))
                         for p, c, (g, reason) in zip(pairs, cos, verdicts, strict=True)])
     else:
         hit = (cos >= threshold) & (ok if rule == "cosine+guard" else True)
@@ -395,7 +424,7 @@ def stored_vectors_cost(embedder, pairs: list[Pair], candidates: int = 3, rounds
         mine = align.unpack(packed[i])
         start = time.perf_counter()
         for j in js:
-            align.accepts(0.9, True, mine, align.unpack(packed[j]))
+            align.accepts(0.9, True, mine, align.unpack(packed[j]), texts=(sample[i], sample[j]))
         times.append((time.perf_counter() - start) * 1000)
     sizes = np.array([len(p) for p in packed])
     return {"ms_per_lookup": float(np.median(times)), "bytes_per_entry_median": int(np.median(sizes)),
@@ -404,13 +433,13 @@ def stored_vectors_cost(embedder, pairs: list[Pair], candidates: int = 3, rounds
 
 def calibrate(ev: Evaluation) -> tuple[float, list[dict]]:
     """The development bound: the least strict of CHOICE_UB_GRID whose leave-one-split-out
-    result (second stage) keeps the pooled false-hit upper bound <= MAX_FALSE_HIT_UB (the
+    result (second stage) keeps the pooled false-hit upper bound <= MAX_LOSO_UB (the
     strictest if none does). Development splits only."""
     rows = []
     for bound in CHOICE_UB_GRID:
         ev.bound = bound
         rows.append({"bound": bound, **ev.cross_validated(ALIGN_RULE)["pooled"]})
-        if rows[-1]["false_hit_ub"] <= MAX_FALSE_HIT_UB:
+        if rows[-1]["false_hit_ub"] <= MAX_LOSO_UB:
             return bound, rows
     return CHOICE_UB_GRID[-1], rows
 
@@ -426,15 +455,18 @@ def report(ev: Evaluation) -> dict:
         "machine": machine(),
         "pairs_dirs": [str(d.relative_to(ROOT)) for d in (PAIRS_DIR, *EXTRA_SETS.values())],
         "rule": {"confidence": CONFIDENCE, "bound": "exact one-sided Clopper-Pearson upper bound",
-                 "max_false_hit_ub": MAX_FALSE_HIT_UB, "choice_ub": ev.bound, "calibration": calibration,
+                 "max_false_hit_ub": MAX_FALSE_HIT_UB, "max_loso_ub": MAX_LOSO_UB, "choice_ub": ev.bound,
+                 "calibration": calibration,
                  "chosen_on": list(DEVELOPMENT), "held_out": HELD_OUT},
         "round1": ROUND1,
         "round2": ROUND2,
         "round3": ROUND3,
         "round4": ROUND4,
+        "round5": ROUND5,
         "guard_us_per_pair": ev.guard_us,
         "align_us_per_pair": ev.align_us,
-        "align": {"min_cosine": align.MIN_COSINE, "features": list(align.FEATURES),
+        "align": {"min_cosine": align.MIN_COSINE, "trivial_min_cosine": align.TRIVIAL_MIN_COSINE,
+                  "features": list(align.FEATURES),
                   "weights": list(ev.weights)},
         "splits": {s: {"topics": sorted(t for t, v in ev.split_of.items() if v == s),
                        "pairs": int(ev.mask(s).sum()),
@@ -485,7 +517,8 @@ def markdown(rep: dict) -> str:
         lines.append(f"| {s} | {role} | {len(v['topics'])} | {v['pairs']} | {v['paraphrases']} |"
                      f" {v['near_misses']} |")
     r1, r2, r3, r4, rule = rep["round1"], rep["round2"], rep["round3"], rep["round4"], rep["rule"]
-    t3 = r4["test3"]
+    t3, r5 = r4["test3"], rep["round5"]
+    t5 = r5["test5"]
     lines += ["", f"Round 1 (earlier guard): chosen on tune+dev, cosine >= {r1['threshold']} + guard"
               f" ({r1['tune+dev']['recall']:.1%} recall, {r1['tune+dev']['false_hits']}/"
               f"{r1['tune+dev']['near_misses']} false hits, UB {r1['tune+dev']['ub']:.2%}); test1, then held"
@@ -502,16 +535,22 @@ def markdown(rep: dict) -> str:
               f" tune+dev+test1+test+test2, logit >= {r4['threshold']}) scored test3 once:"
               f" {t3['recall']:.1%} recall ({t3['true_hits']}/{t3['paraphrases']}),"
               f" {t3['false_hits']}/{t3['near_misses']} false hits, UB {t3['ub']:.2%}:"
-              " missed; test3 became development data. Round 5 scores test5, written before any round-5"
-              " change.", "",
+              " missed; test3 became development data. Round 5 (features of the aligned differing spans,"
+              f" chosen on tune+dev+test1+test+test2+test3, logit >= {r5['threshold']}) scored test5 once:"
+              f" {t5['recall']:.1%} recall ({t5['true_hits']}/{t5['paraphrases']}),"
+              f" {t5['false_hits']}/{t5['near_misses']} false hits, UB {t5['ub']:.2%}: missed; test5 became"
+              " development data. Round 6 (core/cache/slots.py's refusals) scores test6, written and"
+              " committed before any round-6 change.", "",
               f"Rule: highest recall on {'+'.join(rule['chosen_on'])} (pooled) with the false-hit"
               f" {rule['bound']} ({rule['confidence']:.0%}) <= {rule['choice_ub']:.2%}: the least strict"
               " development bound whose leave-one-split-out result keeps the UB <="
-              f" {rule['max_false_hit_ub']:.0%}"
+              f" {rule['max_loso_ub']:.1%} (half the target: held-out rates have run above"
+              " leave-one-split-out ones)"
               " (" + "; ".join(f"{c['bound']:.2%}: {_fmt(c)}" for c in rule["calibration"]) + ")."
               f" {rule['held_out']} is scored once, at the chosen setting.", "",
-              f"Second stage: candidates with cosine >= {al['min_cosine']} that pass the guard and are no"
-              " swap (align.structure); logit ="
+              f"Second stage: candidates with cosine >= {al['min_cosine']} that pass the guard, are no"
+              " swap (align.structure) and that core/cache/slots.py does not refuse; a trivial edit"
+              f" (slots.trivial_edit) is a hit from cosine {al['trivial_min_cosine']} on; logit ="
               " " + " ".join(f"{w:+.3f}·{f}" for w, f in zip(al["weights"], al["features"], strict=False))
               + f" {al['weights'][-1]:+.3f} (fitted on the development candidates).", ""]
     for r, t in rep["choices"].items():

@@ -442,7 +442,8 @@ async def _run_all(args: argparse.Namespace, url: str, prompts: list[str]) -> li
     for conc in args.concurrency:
         res = await run_chat_load(url, args.model, prompts, conc, args.max_tokens, args.requests,
                                   temperature=args.temperature, stream=not args.no_stream,
-                                  timeout_s=args.timeout, deadline_s=args.deadline, label=label)
+                                  timeout_s=args.timeout, deadline_s=args.deadline, label=label,
+                                  headers={"Cache-Control": "no-store"} if args.no_cache else None)
         print(json.dumps(res.summary()), flush=True)
         results.append(res)
     if args.embed_model:
@@ -475,6 +476,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--label", help="server name in the table")
     ap.add_argument("--name", default="loadgen", help="bench/results/<name>.{json,md}")
     ap.add_argument("--records", action="store_true", help="keep per-request records in the JSON")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="send Cache-Control: no-store, so repeated prompts are generated, not cache hits")
     args = ap.parse_args(argv)
 
     prompts = DEFAULT_PROMPTS
@@ -485,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"no OpenAI-compatible server answers at {url}/v1/models")
         results = asyncio.run(_run_all(args, url, prompts))
     meta = {"requests": args.requests, "max_tokens": args.max_tokens, "temperature": args.temperature,
-            "stream": not args.no_stream}
+            "stream": not args.no_stream, "no_cache": args.no_cache}
     write_results(args.name, results, meta, with_records=args.records)
 
 

@@ -300,8 +300,9 @@ class LLMDeployment:
         return outs
 
     def load(self) -> dict:
-        """The engine's queue and expected waits: the ingress polls it to refuse early."""
-        return self.engine.load()
+        """The engine's queue and expected waits: the ingress polls it to refuse early. It pools
+        the snapshots of several replicas by the replica's name (serve_app/overload.py)."""
+        return self.engine.load() | {"replica": serve.get_replica_context().replica_id.unique_id}
 
     def stats(self) -> dict:
         """Engine occupancy, for operators and tests: running/waiting sequences, KV bytes."""

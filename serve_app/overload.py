@@ -11,8 +11,15 @@ here, not one by one at the engine; the same arithmetic as the engine's, so a re
 is one the engine would make. The view may be up to STALE_S old; past that it is not trusted.
 When there is no fresh view (the first request after an idle spell), a request waits for the
 poll in flight (a few ms, at most FIRST_VIEW_WAIT_S) rather than pass unseen: a cold burst of
-200 used to reach the engine whole and be refused there at 2-3 s. With several LLM replicas,
-each poll reads one replica (Serve's router picks): the engine stays the authority.
+200 used to reach the engine whole and be refused there at 2-3 s.
+
+With several LLM replicas (configs/gpu.yaml: 4), each replica's snapshot names it; a poll reads
+as many replicas as it has seen (Serve's router spreads the calls; one call while there is one),
+and the wait is computed over the pool: every replica's slots and queue, the batch step at the
+per-replica batch, the prefill speeds added, as if the router balanced perfectly. One replica's
+view taken for the whole deployment refused half of a 64-stream load that 4 x 32 slots held
+(measured on an H100). A replica not read for REPLICA_STALE_S leaves the pool (scaled down).
+The engine of the replica a request lands on stays the authority.
 
 The check is made by a Gate (gate.py) from the headers alone (key -> tenant, its quota, this
 view), in an ASGI middleware (early_refusal.py) in the Ingress replica or in Serve's proxy.
@@ -22,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -39,6 +48,8 @@ STALE_S = 1.0  # an older view is not trusted to refuse
 IDLE_S = 10.0  # stop polling after this long without a request
 FIRST_VIEW_WAIT_S = 0.5  # how long a request waits for a view when there is none
 RESERVATION_TTL_S = 3.0  # an admitted request the engine has surely seen (or that never went)
+REPLICA_STALE_S = 3.0  # a replica's snapshot older than this leaves the pool
+MAX_PROBES = 8  # load() calls per poll, at most
 
 logger = logging.getLogger("ray.serve")
 
@@ -70,8 +81,9 @@ class Reservation:
 class LoadView:
     def __init__(self, llm: DeploymentHandle, max_queue_wait_s: float | None) -> None:
         self.llm, self.max_wait = llm, max_queue_wait_s
-        self.snapshot: dict | None = None
+        self.snapshot: dict | None = None  # the latest replica's snapshot (GET /v1/load shows it)
         self.at = 0.0
+        self.replicas: dict[str, tuple[float, dict]] = {}  # replica -> (read at, its snapshot)
         self.last_request = 0.0
         self._task: asyncio.Task | None = None
         self._viewed: asyncio.Event | None = None  # set by each poll that lands
@@ -104,16 +116,9 @@ class LoadView:
         return rid
 
     def expected_wait(self, tenant: str) -> float:
-        """The engine's wait for this tenant's next request, plus what was admitted here since."""
-        snap = self.snapshot
-        queues = snap["queues"]
-        q = queues.get(tenant, queues["*"])
-        state = QueueState(list(q["free_at"]), q["prefill"], q["queued"])
-        for r in self.reservations.values():
-            if r.tenant == tenant:
-                state.push(Pending(r.prefill, r.decode))
-        step_s = snap["step_s"]
-        return state.wait(0, snap["slots"], lambda b: step_s[b - 1], snap["prefill_tok_s"])
+        """The engines' wait for this tenant's next request, plus what was admitted here since."""
+        snaps = [snap for _, snap in self.replicas.values()] or [self.snapshot]
+        return pooled_wait(snaps, tenant, [r for r in self.reservations.values() if r.tenant == tenant])
 
     def resize(self, rid: int, decode_tokens: int) -> None:
         """The body was read: max_tokens x n instead of the endpoint's default."""
@@ -153,15 +158,42 @@ class LoadView:
             with contextlib.suppress(Exception):  # a failed poll leaves the view to go stale
                 self._polls += 1
                 polls_before = self._polls
-                snapshot = await self.llm.load.remote()
+                probes = max(1, min(MAX_PROBES, len(self.replicas)))
+                snapshots = await asyncio.gather(*(self.llm.load.remote() for _ in range(probes)))
                 now = time.monotonic()
+                for snapshot in snapshots:
+                    self.replicas[snapshot.get("replica", "")] = (now, snapshot)
+                self.replicas = {r: v for r, v in self.replicas.items() if now - v[0] <= REPLICA_STALE_S}
                 # what went to the engine before this poll left is in the snapshot; the rest
                 # (sent since, or still being tokenized) keeps counting until a later one
                 self.reservations = {
                     i: r for i, r in self.reservations.items()
                     if not (r.sent_in_poll is not None and r.sent_in_poll < polls_before)
                     and now - r.admitted < RESERVATION_TTL_S}
-                self.snapshot, self.at = snapshot, now
+                self.snapshot, self.at = snapshots[-1], now
                 self._viewed.set()
             await asyncio.sleep(POLL_S)
-        self.snapshot = None
+        self.snapshot, self.replicas = None, {}
+
+
+def pooled_wait(snapshots: list[dict], tenant: str, admitted: list[Reservation]) -> float:
+    """Seconds to the first token of the tenant's next request on a deployment whose replicas
+    took these snapshots, after the requests admitted since: one queue over all their slots."""
+    n = len(snapshots)
+    free_at: list[int] = []
+    prefill = queued = 0
+    for snap in snapshots:
+        q = snap["queues"].get(tenant, snap["queues"]["*"])
+        free_at += q["free_at"]
+        prefill, queued = prefill + q["prefill"], queued + q["queued"]
+    heapq.heapify(free_at)
+    state = QueueState(free_at, prefill, queued)
+    for r in admitted:
+        state.push(Pending(r.prefill, r.decode))
+    step_s = snapshots[0]["step_s"]
+
+    def pooled_step_s(batch: int) -> float:  # a pooled batch is spread over the n replicas
+        return step_s[min(len(step_s), math.ceil(batch / n)) - 1]
+
+    return state.wait(0, sum(s["slots"] for s in snapshots), pooled_step_s,
+                      sum(s["prefill_tok_s"] for s in snapshots))

@@ -261,3 +261,54 @@ def test_ingress_view_refuses_early_as_the_engine_would_counting_what_it_admitte
         view._task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_view_pools_the_replicas_of_the_llm_deployment():
+    """With several LLM replicas the view counts all their slots: one replica's snapshot taken for
+    the whole deployment refused what the others had room for (half of 64 streams on 4 GPU
+    replicas)."""
+    import asyncio
+
+    from core.llm.engine.admission import queue_state
+    from serve_app.overload import LoadView, Reservation, pooled_wait
+
+    speed = Throughput()
+    speed.prefill_tok_s, speed.decode_step_s = 1000.0, 0.1
+
+    def snapshot(replica: str) -> dict:  # two slots: one busy for 20 more steps, one free
+        q = queue_state([Pending(0, 20)], [], 2)
+        return {"queues": {"*": vars(q) | {"free_at": list(q.free_at)}}, "replica": replica,
+                "step_s": [speed.step_s(1), speed.step_s(2)], "slots": 2,
+                "prefill_tok_s": speed.prefill_tok_s}
+
+    two_admitted = [Reservation("a", 100), Reservation("a", 100)]
+    alone = pooled_wait([snapshot("r1")], "a", two_admitted)
+    pooled = pooled_wait([snapshot("r1"), snapshot("r2")], "a", two_admitted)
+    # one replica: both free-or-soon slots go to the admitted two, the next waits 100 steps
+    assert alone == pytest.approx(100 * speed.step_s(2))
+    # two: the admitted take the two free slots; the next one gets a busy slot after 20 steps,
+    # at the per-replica batch of 2
+    assert pooled == pytest.approx(20 * speed.step_s(2))
+
+    class Replicas:  # Serve's router: each load() call lands on the next replica
+        def __init__(self) -> None:
+            self.load, self.calls = self, 0
+
+        async def remote(self) -> dict:
+            self.calls += 1
+            return snapshot(f"r{self.calls % 2}")
+
+    async def scenario() -> None:
+        view = LoadView(Replicas(), max_queue_wait_s=5.0)
+        await view.check("a", 100)
+        for _ in range(40):  # polls until both replicas are in the pool
+            if len(view.replicas) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert set(view.replicas) == {"r0", "r1"}
+        # 4 slots over 2 replicas: two more 100-token requests fit where one replica's view
+        # (2 slots) would refuse the third at 10 s > 5 s
+        assert await view.check("a", 100) is not None
+        assert await view.check("a", 100) is not None
+
+    asyncio.run(scenario())

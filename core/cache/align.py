@@ -28,6 +28,12 @@ pieces; a span is a run of pieces replaced, inserted or deleted):
 - particle: a span whose direction words (lexicon.PARTICLES, DIRECTION_MARKERS: closed
   grammatical classes, not words taken from pairs) differ from its counterpart's ("in" / "out").
 
+and one of the words (round 6, core/cache/slots.py; 0 when the caller gives no texts):
+
+- trivial_edit: every differing run of words is function words or framing, or a word replaced by
+  itself inflected, mistyped or a listed synonym ("photgraphy", "Explain X." / "What is X?"): word
+  pieces cut a typo into pieces that look like a change of content.
+
 The guard's softest refusal, one content word replaced by a word it does not know as a synonym
 (guard.SOFT_REASONS), is left to the model (guard_ok = 0) instead of refusing outright: the span
 features tell a synonym from a swapped term better than a missing synonym list does.
@@ -40,6 +46,10 @@ prompt is on the other side of both in the other. A symmetric connective between
 Y" / "Y and X") does not count: a closed grammatical class, not words taken from pairs. On the
 development pairs every such crossing among the candidates was a near miss.
 
+Before the model, core/cache/slots.py refuses outright a pair whose prompts fill one slot of the
+question differently (an unmatched question word, a direction, a polarity, two roles crossed),
+when the caller passes the two prompts' texts (the store does).
+
 The weights and the decision threshold are fitted by bench/cache_eval.py on the development
 pairs only (core/cache/data/README.md); tests/cache/test_cache_eval.py keeps them equal to
 the evaluation's choice. Candidates below MIN_COSINE are never scored.
@@ -49,24 +59,29 @@ from __future__ import annotations
 
 import base64
 import difflib
-import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
-from core.cache import lexicon
+from core.cache import lexicon, slots
+from core.cache.tokens import TokenEncoder, TokenVectors, content_positions
 
 # Fitted by bench/cache_eval.py (logistic regression on the development candidates: cosine >=
-# MIN_COSINE, passed or softly refused by the guard, no swap); order: FEATURES, then the bias.
+# MIN_COSINE, passed or softly refused by the guard, no swap, no refusal of core/cache/slots.py);
+# order: FEATURES, then the bias.
 MIN_COSINE = 0.80
-WEIGHTS = (19.519, 3.1303, 7.8203, 13.0143, -10.6018, -0.9226, -0.8316, 0.5699, 0.5105, 0.6441, -0.5764,
-           -21.4916)
-THRESHOLD = 3.0  # on the logit
+# A candidate that slots.trivial_edit finds the same prompt (typos, inflection, framing, context
+# sentences) is a hit from this cosine on, without the model: MiniLM scores "How tall is Mount
+# Everest?" / "how tall is mount everst" at 0.65. On the development pairs no near miss that
+# passes the guard and the slot refusals is a trivial edit, at any cosine.
+TRIVIAL_MIN_COSINE = 0.60
+WEIGHTS = (25.8396, 2.3037, 10.0997, 6.1921, -2.5537, -0.6166, -0.2958, -0.8852, 0.805, 3.4976, 0.7435,
+           7.7857, -27.5906)
+THRESHOLD = 3.25  # on the logit
 FEATURES = ("cosine", "guard_ok", "changed", "changed_min", "weakest", "replaced_one", "added",
-            "span_min", "inserted", "only_function", "particle")
+            "span_min", "inserted", "only_function", "particle", "trivial_edit")
 MAX_INSERTED = 6
 _FUNCTION = lexicon.STOPWORDS | lexicon.FILLER
 _DIRECTION = lexicon.PARTICLES | lexicon.DIRECTION_MARKERS
@@ -74,26 +89,7 @@ MAX_SWAP_CHANGES = 2  # pieces without a partner; a rewording moves words withou
 # Symmetric connectives: "X and Y" asks what "Y and X" asks, so a crossing around one is no swap.
 _SYMMETRIC = frozenset({"and", "or", "nor", "vs", "versus", "plus", "&"})
 
-_SPECIAL = {"[CLS]", "[SEP]", "[PAD]"}
-_PUNCT = re.compile(r"^[^\w]+$")
-
-
-@dataclass(frozen=True, slots=True)
-class TokenVectors:
-    """One prompt's contextual token vectors (unit length, [n, dim]) and their word pieces."""
-
-    vectors: np.ndarray
-    tokens: Sequence[str]
-
-
-# texts -> their token vectors (core.embedder.Embedder.embed_tokens)
-TokenEncoder = Callable[[list[str]], list[TokenVectors]]
-
-
-def _content(tv: TokenVectors) -> list[int]:
-    """Positions of word pieces that carry meaning: not [CLS]/[SEP], not punctuation."""
-    keep = [i for i, t in enumerate(tv.tokens) if t not in _SPECIAL and not _PUNCT.match(t)]
-    return keep or list(range(len(tv.tokens)))
+_content = content_positions
 
 
 def alignment(a: TokenVectors, b: TokenVectors) -> tuple[float, float, float]:
@@ -181,8 +177,11 @@ def spans(a: TokenVectors, b: TokenVectors) -> tuple[float, float, float, float]
     return span_min, min(inserted, MAX_INSERTED) / MAX_INSERTED, only_function, particle
 
 
-def features(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors) -> list[float]:
-    return [float(cosine), float(guard_ok), *alignment(a, b), *structure(a, b)[1:], *spans(a, b)]
+def features(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors,
+             texts: tuple[str, str] | None = None) -> list[float]:
+    """FEATURES of a candidate; trivial_edit needs the prompts' ``texts`` (0 without them)."""
+    trivial = float(texts is not None and slots.trivial_edit(*texts))
+    return [float(cosine), float(guard_ok), *alignment(a, b), *structure(a, b)[1:], *spans(a, b), trivial]
 
 
 def logit(feats: Sequence[float], weights: Sequence[float] = WEIGHTS) -> float:
@@ -190,13 +189,23 @@ def logit(feats: Sequence[float], weights: Sequence[float] = WEIGHTS) -> float:
 
 
 def accepts(cosine: float, guard_ok: bool, a: TokenVectors, b: TokenVectors,
-            weights: Sequence[float] = WEIGHTS, threshold: float = THRESHOLD) -> bool:
-    """The served decision: a hit needs cosine >= MIN_COSINE, no swap, and the model's logit >=
-    threshold. guard_ok False means the guard's soft refusal (guard.soft): callers never pass a
-    pair the guard refused outright."""
-    if cosine < MIN_COSINE or structure(a, b)[0]:
+            weights: Sequence[float] = WEIGHTS, threshold: float = THRESHOLD,
+            texts: tuple[str, str] | None = None, min_cosine: float = MIN_COSINE) -> bool:
+    """The served decision: no swap, no refusal of core/cache/slots.py (on ``texts``, the
+    prompts of ``a`` and ``b``, when given), then either a trivial edit (slots.trivial_edit) at
+    cosine >= TRIVIAL_MIN_COSINE, or cosine >= ``min_cosine`` (the store's threshold, MIN_COSINE
+    by default) and the model's logit >= threshold. guard_ok False means the guard's soft refusal
+    (guard.soft): callers never pass a pair the guard refused outright."""
+    if cosine < min(min_cosine, TRIVIAL_MIN_COSINE) or structure(a, b)[0]:
         return False
-    return logit(features(cosine, guard_ok, a, b), weights) >= threshold
+    if texts is not None and slots.refusal(texts[0], texts[1], a, b) is not None:
+        return False
+    trivial = texts is not None and slots.trivial_edit(*texts)
+    if trivial and cosine >= TRIVIAL_MIN_COSINE:
+        return True
+    if cosine < min_cosine:
+        return False
+    return logit(features(cosine, guard_ok, a, b, texts), weights) >= threshold
 
 
 # Stored with an entry (store.put), so that a lookup needs no encoder call for its candidates:

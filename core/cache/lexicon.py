@@ -97,6 +97,12 @@ NEGATIONS: frozenset[str] = frozenset(
     "isnt arent wasnt werent wont shouldnt wouldnt couldnt didnt hasnt havent hadnt aint".split()
 )
 
+# Downward-entailing words (core/cache/slots.py: polarity): a prompt with one more of them asks
+# for the opposite ("clean" / "avoid cleaning", "denser" / "less dense"). A closed class.
+DOWNWARD: frozenset[str] = NEGATIONS | frozenset(
+    "avoid fail lack prevent refuse unable less fewer least cannot hardly barely seldom rarely".split()
+)
+
 # Words around which the order of the two sides matters ("X to Y", "X vs Y").
 DIRECTION_MARKERS: frozenset[str] = frozenset("to into vs versus than from against over".split())
 

@@ -229,7 +229,8 @@ class CacheStore:
             res["ids"][0], res["distances"][0], res["documents"][0], res["metadatas"][0], strict=True
         ):
             similarity = 1.0 - float(dist)
-            if similarity < threshold:
+            # the second stage takes a trivial edit (typos, framing) from a lower cosine on
+            if similarity < (min(threshold, align.TRIVIAL_MIN_COSINE) if self._rescoring else threshold):
                 break  # results come nearest first
             if not _alive(meta, now):
                 continue
@@ -248,7 +249,7 @@ class CacheStore:
         if candidates and self._rescoring:
             mine, theirs = self._token_vectors(prompt, candidates)
             kept = [c for c, tv in zip(candidates, theirs, strict=True)
-                    if align.accepts(c[1], c[5], mine, tv)]
+                    if align.accepts(c[1], c[5], mine, tv, texts=(prompt, c[4]), min_cosine=threshold)]
             rejects += len(candidates) - len(kept)
             candidates = kept
         if not candidates:

@@ -83,7 +83,7 @@ class ModelRunner:
         self.vocab_size = int(self.session.get_outputs()[0].shape[-1])
         self._out_names = [o.name for o in self.session.get_outputs()]
         kv_type = next(i.type for i in self.session.get_inputs() if i.name == "past_key.0")
-        self.kv_dtype = np.float16 if kv_type == "tensor(float16)" else np.float32
+        self.kv_dtype = {"tensor(float16)": np.float16, "tensor(int8)": np.int8}.get(kv_type, np.float32)
         # core/build/llama.py's two graph flavors: rows of any width in one forward, or padded rows
         self.takes_query_lens = any(i.name == "query_lens" for i in self.session.get_inputs())
         # Where make_slots puts KV: None = numpy arrays on the host; "cuda" = the GPU's memory.

@@ -23,7 +23,8 @@ def providers(device: str = "auto") -> list[str]:
 
 
 def make_session(path: str, threads: int | None = None, spinning: bool = False,
-                 device: str = "auto", park_after_run: bool = False) -> ort.InferenceSession:
+                 device: str = "auto", park_after_run: bool = False,
+                 profile_prefix: str | None = None) -> ort.InferenceSession:
     """threads=None uses every core this process may run on.
 
     Spinning is off by default: replicas share cores, and spinning threads burn the CPU the
@@ -33,6 +34,8 @@ def make_session(path: str, threads: int | None = None, spinning: bool = False,
     alternate in one process (a draft and its target): otherwise each one's still-spinning
     workers steal the cores the other needs (measured fp32 + q4 draft 1.15x with the draft not
     spinning, 1.43x with both spinning and parked; plain decoding unchanged, 39.6 vs 39.2 tok/s).
+
+    profile_prefix: ONNX Runtime's profiler on, its JSON named from this prefix (bench/op_split.py).
     """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or default_threads()
@@ -43,6 +46,9 @@ def make_session(path: str, threads: int | None = None, spinning: bool = False,
     if park_after_run:
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     session = ort.InferenceSession(path, opts, providers=providers(device))
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         # ORT falls back to the CPU with only a log line when the CUDA provider cannot load

@@ -62,3 +62,25 @@ class LMCalibrationReader(CalibrationDataReader):
 
     def rewind(self) -> None:
         self._next = iter(self._feeds)
+
+
+def kv_absmax(model: Path, samples: int = 16, seq_len: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer and channel ([layers, kv_heads * head_dim]), the largest |key| and |value| the
+    graph writes to its KV cache (keys after rotary) over `samples` chunks of calibration text."""
+    from core.llm.model_runner import ModelRunner
+
+    cfg = json.loads((Path(model).parent / "config.json").read_text())
+    layers, kv_heads, head_dim = cfg["n_layers"], cfg["n_kv_heads"], cfg["hidden"] // cfg["n_heads"]
+    tok = Tokenizer.from_file(str(Path(model).parent / "tokenizer.json"))
+    ids = tok.encode((DATA / "calibration.txt").read_text(), add_special_tokens=False).ids
+    runner = ModelRunner(str(model), layers, kv_heads, head_dim)
+    k_max = np.zeros((layers, kv_heads * head_dim), np.float32)
+    v_max = np.zeros_like(k_max)
+    for chunk in token_chunks(ids, seq_len, samples):
+        slots = runner.make_slots(1, seq_len)
+        runner.forward_slots(slots, 0, 1, np.array([chunk]), np.array([len(chunk)]),
+                             np.array([[len(chunk) - 1]]))
+        for i in range(layers):  # [kv_heads, n, head_dim] -> per channel
+            k_max[i] = np.maximum(k_max[i], np.abs(slots.keys[i][0, :, :len(chunk)]).max(axis=1).ravel())
+            v_max[i] = np.maximum(v_max[i], np.abs(slots.values[i][0, :, :len(chunk)]).max(axis=1).ravel())
+    return k_max, v_max

@@ -52,6 +52,32 @@ def set_accuracy_level(model: onnx.ModelProto, level: int, bits: int | None = No
     return model
 
 
+def int8_kv_cache(model: onnx.ModelProto, k_scale: np.ndarray, v_scale: np.ndarray) -> onnx.ModelProto:
+    """Keep the KV cache in int8 (in place): every GroupQueryAttention quantizes the keys and
+    values it appends with static per-channel scales ([layers, kv_heads * head_dim] each) and
+    reads the cache through ONNX Runtime's fused dequantizing kernels; past/present become int8.
+    ONNX Runtime >= 1.32's CPU kernel (kv_cache_bit_width); the GPU wheel has none."""
+    graph = model.graph
+    for value in list(graph.input) + list(graph.output):
+        if value.name.startswith(("past_key.", "past_value.", "present_key.", "present_value.")):
+            value.type.tensor_type.elem_type = onnx.TensorProto.INT8
+    layer = 0
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        inputs = list(node.input) + [""] * (17 - len(node.input))
+        inputs[12], inputs[13] = f"attn{layer}.k_scale", f"attn{layer}.v_scale"  # k_scale, v_scale
+        del node.input[:]
+        node.input.extend(inputs)
+        graph.initializer.extend([numpy_helper.from_array(k_scale[layer].astype(np.float32), inputs[12]),
+                                  numpy_helper.from_array(v_scale[layer].astype(np.float32), inputs[13])])
+        node.attribute.extend([helper.make_attribute("k_quant_type", "PER_CHANNEL"),
+                               helper.make_attribute("v_quant_type", "PER_CHANNEL"),
+                               helper.make_attribute("kv_cache_bit_width", 8)])
+        layer += 1
+    return model
+
+
 def save(model: onnx.ModelProto, path: Path) -> int:
     """Write atomically (a concurrent reader never sees half a model); returns the file's bytes."""
     tmp = path.with_suffix(".tmp")

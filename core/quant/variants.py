@@ -17,7 +17,14 @@ from pathlib import Path
 
 import onnx
 
-from .graph_edit import float16_graph, head_from_table, padded_flavor, save, set_accuracy_level
+from .graph_edit import (
+    float16_graph,
+    head_from_table,
+    int8_kv_cache,
+    padded_flavor,
+    save,
+    set_accuracy_level,
+)
 from .quantizer import ModelQuantizer
 
 QUANT_VERSION = "1"
@@ -63,6 +70,15 @@ def _fp16(src: Path, out: Path, progress: bool) -> None:
         padded.unlink(missing_ok=True)
 
 
+def _int8_kv(src: Path, out: Path, progress: bool) -> None:
+    # w8-rtn32 (src) with its KV cache in int8, scales from the largest |K|, |V| per channel on
+    # the calibration text: a quarter of the KV bytes to hold and to read at each decode step.
+    from .calibration import kv_absmax
+
+    k_max, v_max = kv_absmax(src)
+    save(int8_kv_cache(onnx.load(str(src)), k_max / 127, v_max / 127), out)
+
+
 def _with(method: str, **kwargs) -> Callable[[Path, Path, bool], None]:
     def build(src: Path, out: Path, progress: bool) -> None:
         getattr(ModelQuantizer(src, "lm", progress), method)(out, **kwargs)
@@ -89,6 +105,8 @@ SPECS: dict[str, VariantSpec] = {s.name: s for s in [
                 "fp32", build=_static, revision=2),
     VariantSpec("w8-rtn32", 8, "int8 weight-only MatMulNBits RTN block 32, accuracy_level 4", "fp32",
                 build=_with("weight_only", bits=8, block_size=32)),
+    VariantSpec("w8-kv8", 8, "w8-rtn32 with an int8 KV cache (static per-channel scales)", "w8-rtn32",
+                build=_int8_kv),
     VariantSpec("int4-rtn32", 4, "int4 weight-only MatMulNBits RTN block 32 asym, accuracy_level 4",
                 "fp32", build=_with("weight_only", bits=4, block_size=32)),
     VariantSpec("int4-rtn128", 4, "int4 weight-only MatMulNBits RTN block 128 asym, accuracy_level 4",
@@ -144,6 +162,8 @@ def ensure_variant(model_dir: Path, name: str, progress: bool = True) -> Path:
             raise FileNotFoundError(f"{out} is a base variant: build it with `python -m core.build`")
         return out
     src = model_dir / f"{s.source}.onnx"
+    if s.source not in BASE:  # made from another variant: that one first
+        ensure_variant(model_dir, s.source, progress)
     if not src.exists():
         raise FileNotFoundError(f"{name} is made from {src}, which is missing: run `python -m core.build`")
     with _locked(model_dir):

@@ -68,10 +68,10 @@ def test_same_words_moved_or_swapped():
 def test_logit_is_the_weighted_sum():
     feats = align.features(0.9, True, STORED, STORED)
     # cosine, guard_ok, changed, changed_min, weakest, replaced_one, added,
-    # span_min, inserted, only_function, particle
-    assert feats == pytest.approx([0.9, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    # span_min, inserted, only_function, particle, trivial_edit (0: no texts given)
+    assert feats == pytest.approx([0.9, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
     assert len(feats) == len(align.FEATURES) == len(align.WEIGHTS) - 1
-    w = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0, 0.0, 0.0, 0.0, -6.0)
+    w = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0, 0.0, 0.0, 0.0, 7.0, -6.0)
     assert align.logit(feats, w) == pytest.approx(0.9 + 2 + 0 + 4 + 5 + 10 - 6)
 
 

@@ -179,10 +179,12 @@ def test_a_soft_refusal_goes_to_the_second_stage(make_store, monkeypatch):
     from core.cache import guard
     assert guard.soft(guard.check(unrelated, stored)[1])
     decided: list[tuple[bool, bool]] = []
+    texts: list[tuple[str, str] | None] = []
     real = align.accepts
 
-    def accepts(cosine, guard_ok, a, b, *args):
-        decided.append((guard_ok, real(cosine, guard_ok, a, b, *args)))
+    def accepts(cosine, guard_ok, a, b, *args, **kwargs):
+        texts.append(kwargs.get("texts"))
+        decided.append((guard_ok, real(cosine, guard_ok, a, b, *args, **kwargs)))
         return decided[-1][1]
 
     monkeypatch.setattr(align, "accepts", accepts)
@@ -191,6 +193,8 @@ def test_a_soft_refusal_goes_to_the_second_stage(make_store, monkeypatch):
     put(store, request(stored), v)
     assert lookup(store, request(unrelated), near(v, 2, distance=0.05)) is None
     assert decided == [(False, False)] and encoder.calls[-1] == [unrelated]
+    # the prompts go with their vectors, for core/cache/slots.py's refusals
+    assert texts == [(unrelated, stored)]
     # the model's verdict is what counts: one that accepts makes it a hit
     monkeypatch.setattr(align, "accepts", lambda *a, **k: True)
     hit = lookup(store, request(unrelated), near(v, 2, distance=0.05))
@@ -554,3 +558,26 @@ def test_lookup_embedding_embeds_only_after_an_exact_miss(store):
     assert embedded == [PARAPHRASE, other.semantic_text]
     s = store.stats()
     assert (s.hits_exact, s.hits_semantic, s.misses) == (1, 1, 2)
+
+
+def test_a_mistyped_prompt_is_a_hit_below_the_threshold(make_store):
+    """A trivial edit (slots.trivial_edit: a typo here) is the second stage's from
+    align.TRIVIAL_MIN_COSINE on, under the store's threshold; another prompt at that cosine is not."""
+    stored = "How tall is Mount Everest?"
+    typo = "how tall is mount everst"
+    other = "How old is Mount Everest?"
+    encoder = _fake_encoder({
+        stored: _tokens(["how", "tall", "is", "mount", "everest"], [0, 1, 2, 3, 4]),
+        typo: _tokens(["how", "tall", "is", "mount", "ever", "##st"], [0, 1, 2, 3, 5, 6]),
+        other: _tokens(["how", "old", "is", "mount", "everest"], [0, 7, 2, 3, 4]),
+    })
+    store = make_store(token_encoder=encoder, threshold=0.85)
+    v = unit(1)
+    put(store, request(stored), v)
+    far = near(v, 2, distance=0.9)  # cosine ~0.74: under the threshold, over TRIVIAL_MIN_COSINE
+    assert align.TRIVIAL_MIN_COSINE < float(np.dot(far, v)) < 0.85
+    hit = lookup(store, request(typo), far)
+    assert hit is not None and hit.prompt == stored
+    assert lookup(store, request(other), far) is None
+    # under TRIVIAL_MIN_COSINE even a trivial edit is no candidate
+    assert lookup(store, request(typo), near(v, 3, distance=1.6)) is None
