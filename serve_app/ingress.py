@@ -93,17 +93,18 @@ class Ingress:
                          admission_secret or secrets.token_urlsafe(24))
         self.token_texts = TokenTexts(self.chat.tokenizer)
 
-    def refusal_settings(self, known_secret: str | None = None) -> dict:
+    def refusal_settings(self) -> dict:
         """What Serve's proxy needs to refuse as this replica would (proxy_refusal.py): called
         through a handle, inside the cluster. Quota buckets are counted where they are spent:
-        requests in the proxy, tokens here. The cache's handle and the chat tokenizer: the proxy
-        answers cache hits too (cache_front.py); the tokenizer (~1.5 MB) only to a proxy that
-        does not hold this replica's settings yet (known_secret: the secret it holds)."""
+        requests in the proxy, tokens here. Small: a cold burst waits for it."""
         return {"keys": self.keys, "quotas": self.quota_args, "max_queue_wait_s": self.max_queue_wait_s,
-                "secret": self.gate.secret, "llm": self.llm, "proxy_refusal": self.proxy_refusal,
-                "cache": self.cache.cache if self.cache is not None else None,
-                "near_cache_entries": self.near_cache_entries,
-                "chat": self.chat if known_secret != self.gate.secret else None}
+                "secret": self.gate.secret, "llm": self.llm, "proxy_refusal": self.proxy_refusal}
+
+    def cache_front_settings(self) -> dict:
+        """What Serve's proxy needs to answer cache hits (cache_front.py): the cache's handle and
+        the chat tokenizer (~1.5 MB), read once per deploy, after the refusal settings."""
+        return {"cache": self.cache.cache if self.cache is not None else None,
+                "near_cache_entries": self.near_cache_entries, "chat": self.chat}
 
     # -- generation, cached or not -----------------------------------------------------------
     async def _generation(self, request: Request, endpoint: Endpoint, req: SamplingFields,

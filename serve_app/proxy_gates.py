@@ -46,6 +46,8 @@ class ProxyGates:
         self._reading: asyncio.Task | None = None
         self._metrics: IngressMetrics | None = None
         self._controller = None
+        self._fronts: set[asyncio.Task] = set()  # cache fronts being attached (kept referenced)
+        self._attaching: set[int] = set()  # ids of the gates those tasks attach to
 
     async def for_route(self, route_prefix: str) -> Gate | None:
         """The Gate of the app served at this route prefix, or None (not this project's app)."""
@@ -83,21 +85,39 @@ class ProxyGates:
         kept = self._by_app.get(app)
         try:
             ingress = DeploymentHandle(INGRESS, app)
-            settings = await asyncio.wait_for(
-                ingress.refusal_settings.remote(kept.secret if kept is not None else None), READ_TIMEOUT_S)
+            settings = await asyncio.wait_for(ingress.refusal_settings.remote(), READ_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - deploying, or not this project's Ingress
             logger.info("proxy refusal: app %r not gated here (%s)", app, type(exc).__name__)
             return None
         if not settings["proxy_refusal"]:
             return None  # the app's Ingress refuses (its config says so)
         if kept is not None and kept.secret == settings["secret"]:
+            if kept.front is None and id(kept) not in self._attaching:  # the last attach failed
+                self._attach(kept, ingress)
             return kept
         if self._metrics is None:
             self._metrics = IngressMetrics()
         quotas = Quotas({t: QuotaArgs(**q) for t, q in settings["quotas"].items()})
-        front = None
-        if settings.get("cache") is not None and settings.get("chat") is not None:
-            client = ResponseCacheClient(settings["cache"], settings["near_cache_entries"])
-            front = CacheFront(client, settings["keys"], quotas, settings["chat"])
-        return Gate(settings["keys"], quotas, LoadView(settings["llm"], settings["max_queue_wait_s"]),
-                    self._metrics, settings["secret"], front)
+        gate = Gate(settings["keys"], quotas, LoadView(settings["llm"], settings["max_queue_wait_s"]),
+                    self._metrics, settings["secret"])
+        # The cache front (a 1.5 MB tokenizer to load) joins later: refusals must not wait for it;
+        # until then the Ingress answers cache hits, as without the proxy.
+        self._attach(gate, ingress)
+        return gate
+
+    def _attach(self, gate: Gate, ingress: DeploymentHandle) -> None:
+        self._attaching.add(id(gate))
+        task = asyncio.get_running_loop().create_task(self._attach_front(gate, ingress))
+        self._fronts.add(task)
+        task.add_done_callback(self._fronts.discard)
+
+    async def _attach_front(self, gate: Gate, ingress: DeploymentHandle) -> None:
+        try:
+            settings = await ingress.cache_front_settings.remote()
+            if settings["cache"] is not None and settings["chat"] is not None:
+                client = ResponseCacheClient(settings["cache"], settings["near_cache_entries"])
+                gate.front = CacheFront(client, gate.keys, gate.quotas, settings["chat"])
+        except Exception as exc:  # noqa: BLE001 - redeployed meanwhile: the next read retries
+            logger.info("proxy cache front: not attached (%s)", type(exc).__name__)
+        finally:
+            self._attaching.discard(id(gate))
