@@ -9,7 +9,9 @@ table is re-read in the background at most every REFRESH_S while requests come, 
 the proxy started is gated from its first requests. A Gate is kept across reads while its app's
 secret is unchanged (its quota buckets and reservations live on); a new secret means the app
 was redeployed: a new Gate. An app whose settings cannot be read is not gated here: its
-Ingress refuses as it does without the proxy.
+Ingress refuses as it does without the proxy. A new Gate's cache front (cache_front.py: the
+cache's handle and the 1.5 MB chat tokenizer, `cache_front_settings()`) is attached in the
+background: refusals never wait for it, and until it is there the Ingress answers cache hits.
 """
 
 from __future__ import annotations
