@@ -102,9 +102,11 @@ class Ingress:
 
     def cache_front_settings(self) -> dict:
         """What Serve's proxy needs to answer cache hits (cache_front.py): the cache's handle and
-        the chat tokenizer (~1.5 MB), read once per deploy, after the refusal settings."""
-        return {"cache": self.cache.cache if self.cache is not None else None,
-                "near_cache_entries": self.near_cache_entries, "chat": self.chat}
+        the chat tokenizer (~1.5 MB), read once per deploy, after the refusal settings; no cache,
+        nothing to send."""
+        if self.cache is None:
+            return {"cache": None}
+        return {"cache": self.cache.cache, "near_cache_entries": self.near_cache_entries, "chat": self.chat}
 
     # -- generation, cached or not -----------------------------------------------------------
     async def _generation(self, request: Request, endpoint: Endpoint, req: SamplingFields,

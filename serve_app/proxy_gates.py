@@ -48,8 +48,9 @@ class ProxyGates:
         self._reading: asyncio.Task | None = None
         self._metrics: IngressMetrics | None = None
         self._controller = None
-        self._fronts: set[asyncio.Task] = set()  # cache fronts being attached (kept referenced)
-        self._attaching: set[int] = set()  # ids of the gates those tasks attach to
+        # id(gate) -> the task attaching its cache front; True when it read the settings (the
+        # front may still be None: the app has no cache), False when that read failed
+        self._fronts: dict[int, asyncio.Task[bool]] = {}
 
     async def for_route(self, route_prefix: str) -> Gate | None:
         """The Gate of the app served at this route prefix, or None (not this project's app)."""
@@ -77,8 +78,10 @@ class ProxyGates:
             gates = await asyncio.gather(*(self._gate(app) for app in apps.values()))
             kept = {id(gate) for gate in gates}
             for old in self._by_app.values():  # redeployed or gone: stop its cache client
-                if id(old) not in kept and old.front is not None:
-                    old.front.close()
+                if id(old) not in kept:
+                    self._fronts.pop(id(old), None)
+                    if old.front is not None:
+                        old.front.close()
             self._by_app = {app: gate for app, gate in zip(apps.values(), gates, strict=True) if gate}
             self.by_route = {route: self._by_app[app] for route, app in apps.items() if app in self._by_app}
             self._routes = set(apps)
@@ -94,7 +97,8 @@ class ProxyGates:
         if not settings["proxy_refusal"]:
             return None  # the app's Ingress refuses (its config says so)
         if kept is not None and kept.secret == settings["secret"]:
-            if kept.front is None and id(kept) not in self._attaching:  # the last attach failed
+            attaching = self._fronts.get(id(kept))
+            if attaching is None or (attaching.done() and not attaching.result()):  # it failed
                 self._attach(kept, ingress)
             return kept
         if self._metrics is None:
@@ -108,18 +112,15 @@ class ProxyGates:
         return gate
 
     def _attach(self, gate: Gate, ingress: DeploymentHandle) -> None:
-        self._attaching.add(id(gate))
-        task = asyncio.get_running_loop().create_task(self._attach_front(gate, ingress))
-        self._fronts.add(task)
-        task.add_done_callback(self._fronts.discard)
+        self._fronts[id(gate)] = asyncio.get_running_loop().create_task(self._attach_front(gate, ingress))
 
-    async def _attach_front(self, gate: Gate, ingress: DeploymentHandle) -> None:
+    async def _attach_front(self, gate: Gate, ingress: DeploymentHandle) -> bool:
         try:
             settings = await ingress.cache_front_settings.remote()
-            if settings["cache"] is not None and settings["chat"] is not None:
-                client = ResponseCacheClient(settings["cache"], settings["near_cache_entries"])
-                gate.front = CacheFront(client, gate.keys, gate.quotas, settings["chat"])
         except Exception as exc:  # noqa: BLE001 - redeployed meanwhile: the next read retries
             logger.info("proxy cache front: not attached (%s)", type(exc).__name__)
-        finally:
-            self._attaching.discard(id(gate))
+            return False
+        if settings["cache"] is not None:
+            client = ResponseCacheClient(settings["cache"], settings["near_cache_entries"])
+            gate.front = CacheFront(client, gate.keys, gate.quotas, settings["chat"])
+        return True
