@@ -52,15 +52,13 @@ def timed_step(runner, slots, rows: int, width: int, context: int) -> float:
 def measure(variants: list[str], repeats: int, rounds: int = 3) -> list[dict]:
     """Per shape and variant: median step ms over `rounds` interleaved rounds, and the share of
     kernel time by operator type (a separate profiled session)."""
-    from core.llm.model_runner import ModelRunner
     from core.llm.session import make_session
+    from core.llm.textgen import TextGenerator
     from core.quant.variants import ensure_variant
     from deployments.models import built_variant_dir
 
     paths = {v: str(ensure_variant(built_variant_dir(v), v, progress=False)) for v in variants}
-    cfg = json.loads((built_variant_dir(variants[0]) / "config.json").read_text())
-    dims = (cfg["n_layers"], cfg["n_kv_heads"], cfg["hidden"] // cfg["n_heads"])
-    plain = {v: ModelRunner(p, *dims, threads=2) for v, p in paths.items()}
+    plain = {v: TextGenerator(Path(p).parent, variant=v, threads=2).runner for v, p in paths.items()}
     out = []
     for kind, rows, context in SHAPES:
         shape = (rows, 128 if kind.startswith("prefill") else 1, context)
@@ -71,7 +69,7 @@ def measure(variants: list[str], repeats: int, rounds: int = 3) -> list[dict]:
                 [timed_step(runner, slots[v], *shape) for _ in range(2)]
                 seconds[v] += [timed_step(runner, slots[v], *shape) for _ in range(repeats)]
         for v, path in paths.items():
-            profiled = ModelRunner(path, *dims, threads=2)
+            profiled = TextGenerator(Path(path).parent, variant=v, threads=2).runner
             prefix = os.path.join(tempfile.mkdtemp(), "ort")
             profiled.session = make_session(path, threads=2, profile_prefix=prefix)
             profiled_slots = profiled.make_slots(rows, 512)

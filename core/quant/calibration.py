@@ -67,14 +67,12 @@ class LMCalibrationReader(CalibrationDataReader):
 def kv_absmax(model: Path, samples: int = 16, seq_len: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Per layer and channel ([layers, kv_heads * head_dim]), the largest |key| and |value| the
     graph writes to its KV cache (keys after rotary) over `samples` chunks of calibration text."""
-    from core.llm.model_runner import ModelRunner
+    from core.llm.textgen import TextGenerator
 
-    cfg = json.loads((Path(model).parent / "config.json").read_text())
-    layers, kv_heads, head_dim = cfg["n_layers"], cfg["n_kv_heads"], cfg["hidden"] // cfg["n_heads"]
-    tok = Tokenizer.from_file(str(Path(model).parent / "tokenizer.json"))
-    ids = tok.encode((DATA / "calibration.txt").read_text(), add_special_tokens=False).ids
-    runner = ModelRunner(str(model), layers, kv_heads, head_dim)
-    k_max = np.zeros((layers, kv_heads * head_dim), np.float32)
+    gen = TextGenerator(Path(model).parent, variant=Path(model).stem)
+    runner, layers = gen.runner, gen.runner.n_layers
+    ids = gen.chat.tokenizer.encode((DATA / "calibration.txt").read_text(), add_special_tokens=False).ids
+    k_max = np.zeros((layers, runner.n_kv_heads * runner.head_dim), np.float32)
     v_max = np.zeros_like(k_max)
     for chunk in token_chunks(ids, seq_len, samples):
         slots = runner.make_slots(1, seq_len)
