@@ -117,7 +117,7 @@ class LoadView:
 
     def expected_wait(self, tenant: str) -> float:
         """The engines' wait for this tenant's next request, plus what was admitted here since."""
-        snaps = [snap for _, snap in self.replicas.values()] or [self.snapshot]
+        snaps = [snap for _, snap in self.replicas.values()]  # filled by the poll that set the view
         return pooled_wait(snaps, tenant, [r for r in self.reservations.values() if r.tenant == tenant])
 
     def resize(self, rid: int, decode_tokens: int) -> None:
