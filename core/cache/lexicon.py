@@ -137,6 +137,20 @@ STOPWORDS: frozenset[str] = frozenset(
     whats i'd i've you're""".split()
 )
 
+# Contractions and their spelled-out words: "what's" and "what is" are one edit apart in
+# words but ask the same (slots.trivial_edit compares the spelled-out forms). Only forms that
+# are not also a possessive ("John's") or ambiguous beyond "is"/"has" in a question.
+CONTRACTIONS: dict[str, tuple[str, ...]] = {
+    **{f"{w}'s": (w, "is") for w in "what who where how when why that there here it".split()},
+    "whats": ("what", "is"), "whos": ("who", "is"), "wheres": ("where", "is"), "hows": ("how", "is"),
+    "i'm": ("i", "am"), "i'd": ("i", "would"), "i've": ("i", "have"), "i'll": ("i", "will"),
+    "you're": ("you", "are"), "we're": ("we", "are"), "they're": ("they", "are"),
+    "isn't": ("is", "not"), "aren't": ("are", "not"), "don't": ("do", "not"),
+    "doesn't": ("does", "not"), "didn't": ("did", "not"), "can't": ("can", "not"),
+    "won't": ("will", "not"), "shouldn't": ("should", "not"), "wouldn't": ("would", "not"),
+    "couldn't": ("could", "not"), "let's": ("let", "us"),
+}
+
 # Words that frame a request without changing it ("a good ...", "please"):
 # left out of the word-order and one-word-difference checks.
 FILLER: frozenset[str] = frozenset("good nice great please kindly thanks thank hi hey hello".split())

@@ -173,16 +173,22 @@ def trivial_edit(a: str, b: str) -> bool:
     pieces that look like a change. Symmetric: difflib's alignment is not, so either way round.
     Sentences of context before the question count as no change ("I'm baking tonight. What can
     I use instead of eggs?" / "What can I use instead of eggs?"): the last sentence must be it."""
-    wa, wb = _WORD_APOS.findall(a.lower()), _WORD_APOS.findall(b.lower())
+    wa, wb = _words(a), _words(b)
     if _trivial(wa, wb) or _trivial(wb, wa):
         return True
     for longer, shorter in ((a, b), (b, a)):
         sentences = _SENTENCE_END.split(longer.strip())
         if len(sentences) > 1 and len(_SENTENCE_END.split(shorter.strip())) == 1:
-            last, other = _WORD_APOS.findall(sentences[-1].lower()), _WORD_APOS.findall(shorter.lower())
+            last, other = _words(sentences[-1]), _words(shorter)
             if _trivial(last, other) or _trivial(other, last):
                 return True
     return False
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased words, contractions spelled out (lexicon.CONTRACTIONS)."""
+    return [w for word in _WORD_APOS.findall(text.lower())
+            for w in lexicon.CONTRACTIONS.get(word, (word,))]
 
 
 def _trivial(wa: list[str], wb: list[str]) -> bool:

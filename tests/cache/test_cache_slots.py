@@ -109,6 +109,12 @@ def test_accepts_applies_the_refusals_only_with_the_texts():
     ("Explain what phishing is.", "What is phishing?", True),
     ("Please tell me what umami is.", "What is umami?", True),
     ("How do I wax my bowstring?", "How do I wax my bow string?", True),
+    # contractions spelled out
+    ("What is the capital city of Australia? (ref 58e74f)",
+     "what's the capital city of Australia ? (ref 58e74f)", True),
+    ("Why isn't the sky green?", "Why is not the sky green?", True),
+    ("What's phishing?", "Why is phishing?", False),
+    ("Why does ice sink?", "Why doesn't ice sink?", False),
     ("I'm baking tonight and ran out of eggs. What can I use instead of eggs?",
      "What can I use instead of eggs?", True),
     # a substitution is no typo; a question word, a negation or a direction is no framing
