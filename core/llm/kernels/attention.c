@@ -161,19 +161,52 @@ static inline __m256 tail_mask(int64_t valid) {  /* lanes < valid all ones */
     return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)valid), lanes));
 }
 
-/* scores[t] = q . keys[t] for t in [0, span), span rounded up to blocks of 8 */
-static void qk(const float *q, const void *keys, int64_t span, int64_t d, int half, float *scores) {
+/* scores[t] = q . keys[t] for t in [0, span), written in blocks of 8 (lanes past span: 0).
+ * D is a compile-time constant so the 8 accumulators stay in registers. */
+#define QK_FOR(D)                                                                                \
+    static void qk_##D(const float *q, const void *keys, int64_t span, int half, float *scores) { \
+        for (int64_t t0 = 0; t0 < span; t0 += 8) {                                               \
+            __m256 acc[8];                                                                       \
+            if (span - t0 >= 8) {                                                                \
+                for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();                        \
+                for (int i = 0; i < D; i += 8) {                                                 \
+                    const __m256 qv = _mm256_loadu_ps(q + i);                                    \
+                    for (int u = 0; u < 8; u++)                                                  \
+                        acc[u] = _mm256_fmadd_ps(qv, kv8(keys, (t0 + u) * D + i, half), acc[u]); \
+                }                                                                                \
+            } else {                                                                             \
+                for (int u = 0; u < 8; u++) {                                                    \
+                    acc[u] = _mm256_setzero_ps();                                                \
+                    if (t0 + u >= span) continue;                                                \
+                    for (int i = 0; i < D; i += 8)                                               \
+                        acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i),                         \
+                                                 kv8(keys, (t0 + u) * D + i, half), acc[u]);     \
+                }                                                                                \
+            }                                                                                    \
+            _mm256_storeu_ps(scores + t0, sums8(acc));                                           \
+        }                                                                                        \
+    }
+QK_FOR(64)
+QK_FOR(128)
+
+/* the same for any D (multiple of 8): accumulators in memory, slower */
+static void qk_any(const float *q, const void *keys, int64_t span, int64_t d, int half, float *scores) {
     for (int64_t t0 = 0; t0 < span; t0 += 8) {
-        const int64_t nt = span - t0 < 8 ? span - t0 : 8;
         __m256 acc[8];
-        for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
-        for (int64_t i = 0; i < d; i += 8) {
-            const __m256 qv = _mm256_loadu_ps(q + i);
-            for (int64_t u = 0; u < nt; u++)
-                acc[u] = _mm256_fmadd_ps(qv, kv8(keys, (t0 + u) * d + i, half), acc[u]);
+        for (int u = 0; u < 8; u++) {
+            acc[u] = _mm256_setzero_ps();
+            if (t0 + u >= span) continue;
+            for (int64_t i = 0; i < d; i += 8)
+                acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv8(keys, (t0 + u) * d + i, half), acc[u]);
         }
         _mm256_storeu_ps(scores + t0, sums8(acc));
     }
+}
+
+static void qk(const float *q, const void *keys, int64_t span, int64_t d, int half, float *scores) {
+    if (d == 64) qk_64(q, keys, span, half, scores);
+    else if (d == 128) qk_128(q, keys, span, half, scores);
+    else qk_any(q, keys, span, d, half, scores);
 }
 
 /* softmax over scores[0, span) in place (lanes past span zero); returns 1 / sum */
@@ -197,20 +230,26 @@ static float softmax(float *s, int64_t span) {
                    ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])));
 }
 
-/* out = inv * sum_t p[t] values[t], t in key order */
+/* out = inv * sum_t p[t] values[t], t in key order; 64 dims at a time in 8 registers */
 static void pv(const float *p, const void *values, int64_t span, int64_t d, int half, float inv,
                float *out) {
-    for (int64_t i0 = 0; i0 < d; i0 += 64) {  /* 8 accumulators: 64 dims at a time */
-        const int64_t width = d - i0 < 64 ? d - i0 : 64;
+    const __m256 iv = _mm256_set1_ps(inv);
+    int64_t i0 = 0;
+    for (; i0 + 64 <= d; i0 += 64) {
         __m256 acc[8];
         for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
         for (int64_t t = 0; t < span; t++) {
             const __m256 pt = _mm256_set1_ps(p[t]);
-            for (int64_t u = 0; u < width / 8; u++)
+            for (int u = 0; u < 8; u++)
                 acc[u] = _mm256_fmadd_ps(pt, kv8(values, t * d + i0 + 8 * u, half), acc[u]);
         }
-        const __m256 iv = _mm256_set1_ps(inv);
-        for (int64_t u = 0; u < width / 8; u++) _mm256_storeu_ps(out + i0 + 8 * u, _mm256_mul_ps(acc[u], iv));
+        for (int u = 0; u < 8; u++) _mm256_storeu_ps(out + i0 + 8 * u, _mm256_mul_ps(acc[u], iv));
+    }
+    for (; i0 < d; i0 += 8) {  /* a head size that is not a multiple of 64 */
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t t = 0; t < span; t++)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), kv8(values, t * d + i0, half), acc);
+        _mm256_storeu_ps(out + i0, _mm256_mul_ps(acc, iv));
     }
 }
 #else
