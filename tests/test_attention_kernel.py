@@ -154,7 +154,8 @@ def test_without_binding_present_holds_past_then_the_new_tokens():
         "seqlens_k": (total - 1).astype(np.int32), "total_seq_len": np.array(total.max(), np.int32),
         "query_lens": query_lens.astype(np.int32)})
     assert present_k.shape == (2, KV, 5, D)
-    assert np.array_equal(present_k[0, :, :3], past[0]) and np.array_equal(present_k[1, :, :2], past[1, :, :2])
+    assert np.array_equal(present_k[0, :, :3], past[0])
+    assert np.array_equal(present_k[1, :, :2], past[1, :, :2])
     assert not present_k[1, :, 3:].any()  # after row 1's 2 + 1 tokens: zeros
     want, want_k, _ = reference(qkv[0], np.concatenate([past[0], np.zeros((KV, 2, D))], 1),
                                 np.concatenate([past[0], np.zeros((KV, 2, D))], 1), 3, 2, False)
