@@ -21,21 +21,22 @@ def tables() -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def session(half: bool) -> ort.InferenceSession:
+def session(half: bool, query_lens: bool = True) -> ort.InferenceSession:
     kv_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
     cos, sin = tables()
     inputs = [helper.make_tensor_value_info("qkv", TensorProto.FLOAT, ["B", "S", W]),
               helper.make_tensor_value_info("past_key", kv_type, ["B", KV, "P", D]),
               helper.make_tensor_value_info("past_value", kv_type, ["B", KV, "P", D]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["B"]),
-              helper.make_tensor_value_info("total_seq_len", TensorProto.INT32, []),
-              helper.make_tensor_value_info("query_lens", TensorProto.INT32, ["B"])]
+              helper.make_tensor_value_info("total_seq_len", TensorProto.INT32, [])]
+    inputs += [helper.make_tensor_value_info("query_lens", TensorProto.INT32, ["B"])] if query_lens else []
     outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None),
                helper.make_tensor_value_info("present_key", kv_type, None),
                helper.make_tensor_value_info("present_value", kv_type, None)]
     node = helper.make_node("AttentionHalfKV" if half else "Attention",
                             ["qkv", "past_key", "past_value", "seqlens_k", "total_seq_len", "cos", "sin",
-                             "query_lens"], ["out", "present_key", "present_value"], domain="effserve")
+                             "query_lens"][:8 if query_lens else 7], ["out", "present_key", "present_value"],
+                            domain="effserve")
     graph = helper.make_graph([node], "attention", inputs, outputs,
                               [helper.make_tensor("cos", TensorProto.FLOAT, cos.shape, cos.ravel()),
                                helper.make_tensor("sin", TensorProto.FLOAT, sin.shape, sin.ravel())])
@@ -83,7 +84,8 @@ def run_bound(sess, qkv, keys, values, lens, query_lens):
     bind.bind_cpu_input("qkv", np.ascontiguousarray(qkv, np.float32))
     bind.bind_cpu_input("seqlens_k", np.maximum(total - 1, 0).astype(np.int32))
     bind.bind_cpu_input("total_seq_len", np.array(max(int(total.max()), 1), np.int32))
-    bind.bind_cpu_input("query_lens", query_lens.astype(np.int32))
+    if any(i.name == "query_lens" for i in sess.get_inputs()):
+        bind.bind_cpu_input("query_lens", query_lens.astype(np.int32))
     bind.bind_output("out")
     for name, buf in (("key", keys), ("value", values)):
         value = ort.OrtValue.ortvalue_from_numpy(buf)
@@ -161,3 +163,19 @@ def test_without_binding_present_holds_past_then_the_new_tokens():
                                 np.concatenate([past[0], np.zeros((KV, 2, D))], 1), 3, 2, False)
     np.testing.assert_allclose(out[0], want, atol=2e-4, rtol=1e-3)
     np.testing.assert_allclose(present_k[0], want_k, atol=1e-5, rtol=1e-5)
+
+
+def test_without_query_lens_every_row_takes_all_new_tokens():
+    """The "padded" graph flavor (ONNX Runtime 1.31): no query_lens input, seqlens_k counts the
+    padding; the valid tokens' outputs are those of the query_lens flavor, bit for bit."""
+    rng = np.random.default_rng(3)
+    cap, lens, width = 24, np.array([4, 9]), 3
+    qkv = rng.standard_normal((2, width, W)).astype(np.float32)
+    keys = rng.standard_normal((2, KV, cap, D)).astype(np.float32)
+    values = rng.standard_normal((2, KV, cap, D)).astype(np.float32)
+    k1, v1, k2, v2 = keys.copy(), values.copy(), keys.copy(), values.copy()
+    padded = run_bound(session(False, query_lens=False), qkv, k1, v1, lens, np.full(2, width))
+    exact = run_bound(session(False), qkv, k2, v2, lens, np.array([width, 2]))
+    assert np.array_equal(padded[0], exact[0]) and np.array_equal(padded[1, :2], exact[1, :2])
+    assert np.array_equal(k1[1, :, :lens[1] + 2], k2[1, :, :lens[1] + 2])
+    assert not np.array_equal(k1[1, :, lens[1] + 2], k2[1, :, lens[1] + 2])  # padding appended too

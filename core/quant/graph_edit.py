@@ -214,16 +214,16 @@ FUSED_DOMAIN = "effserve"
 
 
 def fused_attention(model: onnx.ModelProto, half_kv: bool = False) -> onnx.ModelProto:
-    """Every GroupQueryAttention of a "query_lens" LM graph (core/build/llama.py) replaced by the
-    project's own attention kernel (core/llm/kernels/attention.c, op effserve.Attention), in
-    place. That kernel is batch-invariant by construction, so the extra zero query token and its
-    length adjustments go; the graph's inputs and outputs stay as they were (the engine runs it
-    unchanged, its KV slots written in place the same way). half_kv: the KV inputs and outputs
-    in float16 (op effserve.AttentionHalfKV; the engine allocates its slots in the graph's KV
-    dtype)."""
+    """Every GroupQueryAttention of an LM graph (core/build/llama.py) replaced by the project's
+    own attention kernel (core/llm/kernels/attention.c, op effserve.Attention), in place. That
+    kernel is batch-invariant by construction, so in the "query_lens" flavor the extra zero query
+    token and its length adjustments go; in the "padded" flavor (ONNX Runtime 1.31) the op takes
+    no query_lens and every row all S tokens, as GroupQueryAttention there. The graph's inputs and
+    outputs stay as they were: the engine runs it unchanged, its KV slots written in place the
+    same way. half_kv: the KV inputs and outputs in float16 (op effserve.AttentionHalfKV; the
+    engine allocates its slots in the graph's KV dtype)."""
     graph = model.graph
-    if not any(i.name == "query_lens" for i in graph.input):
-        raise ValueError("fused_attention needs the query_lens flavor (ONNX Runtime >= 1.32)")
+    query_lens_flavor = any(i.name == "query_lens" for i in graph.input)
     produced = {out: node for node in graph.node for out in node.output}
     rename: dict[str, str] = {}
     drop = set()
@@ -231,17 +231,19 @@ def fused_attention(model: onnx.ModelProto, half_kv: bool = False) -> onnx.Model
     for node in graph.node:
         if node.op_type != "GroupQueryAttention":
             continue
-        concat = produced[node.input[0]]  # Concat(qkv, zero token)
-        qkv = concat.input[0]
-        drop.add(id(concat))
+        qkv, seqlens_k, total_seq_len = node.input[0], node.input[5], node.input[6]
         lengths = []
-        for k in (5, 6, 16):  # seqlens_k + 1, total_seq_len + 1, query_lens + 1
-            add = produced[node.input[k]]
-            lengths.append(add.input[0])
-            drop.add(id(add))
-        seqlens_k, total_seq_len, query_lens = lengths
+        if query_lens_flavor:
+            concat = produced[qkv]  # Concat(qkv, zero token)
+            qkv = concat.input[0]
+            drop.add(id(concat))
+            for k in (5, 6, 16):  # seqlens_k + 1, total_seq_len + 1, query_lens + 1
+                add = produced[node.input[k]]
+                lengths.append(add.input[0])
+                drop.add(id(add))
+            seqlens_k, total_seq_len = lengths[:2]
         inputs = [qkv, node.input[3], node.input[4], seqlens_k, total_seq_len, node.input[7],
-                  node.input[8], query_lens]
+                  node.input[8], *lengths[2:]]
         fused = helper.make_node("AttentionHalfKV" if half_kv else "Attention", inputs,
                                  list(node.output), name=node.name, domain=FUSED_DOMAIN)
         node.CopyFrom(fused)

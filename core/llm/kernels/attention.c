@@ -16,7 +16,9 @@
  *         3 seqlens_k [B] int32: cached + valid new tokens - 1, per row
  *         4 total_seq_len [] int32: max over rows of seqlens_k + 1
  *         5 cos_cache, 6 sin_cache [MAXPOS,D/2] float: rotary tables (interleaved pairs)
- *         7 query_lens [B] int32: valid new tokens per row (the rest of S is padding)
+ *         7 query_lens [B] int32: valid new tokens per row (the rest of S is padding); optional:
+ *           without it every row takes all S tokens, padding included (the "padded" graph flavor
+ *           of ONNX Runtime 1.31, where seqlens_k counts them too)
  * effserve.AttentionHalfKV: the same with past/present in float16 (half the KV bytes to read at
  * each step; keys and values are rounded to half precision once, when they are appended).
  * Outputs 0 [B,S,H*D] float (padding positions zero)
@@ -48,7 +50,7 @@ typedef struct {
 enum { API_VERSION = 13, TYPE_FLOAT = 1, TYPE_INT32 = 6, TYPE_FLOAT16 = 10, MAX_HEAD_DIM = 256 };
 enum {
     ORT_SLOT_CreateStatus = 0, ORT_SLOT_GetErrorMessage = 2, ORT_SLOT_CreateCustomOpDomain = 26,
-    ORT_SLOT_CustomOpDomain_Add = 27, ORT_SLOT_AddCustomOpDomain = 28,
+    ORT_SLOT_CustomOpDomain_Add = 27, ORT_SLOT_AddCustomOpDomain = 28, ORT_SLOT_KernelContext_GetInputCount = 88,
     ORT_SLOT_GetTensorMutableData = 51, ORT_SLOT_GetDimensionsCount = 61, ORT_SLOT_GetDimensions = 62,
     ORT_SLOT_GetTensorTypeAndShape = 65, ORT_SLOT_KernelContext_GetInput = 90,
     ORT_SLOT_KernelContext_GetOutput = 91, ORT_SLOT_ReleaseStatus = 93,
@@ -75,6 +77,7 @@ static OrtApiTable api;
 #define ORT(slot, type) ((type)api[ORT_SLOT_##slot])
 
 typedef OrtStatus *(*GetInputFn)(const OrtKernelContext *, size_t, const OrtValue **);
+typedef OrtStatus *(*InputCountFn)(const OrtKernelContext *, size_t *);
 typedef OrtStatus *(*GetOutputFn)(OrtKernelContext *, size_t, const int64_t *, size_t, OrtValue **);
 typedef OrtStatus *(*MutableDataFn)(OrtValue *, void **);
 typedef OrtStatus *(*TypeShapeFn)(const OrtValue *, OrtShapeInfo **);
@@ -297,14 +300,16 @@ typedef struct {
     int half;
 } Call;
 
+static inline int64_t new_tokens(const Call *c, int64_t b) { return c->qlens ? c->qlens[b] : c->s_n; }
+
 static int row_ok(const Call *c, int64_t b) {
-    const int64_t n = c->qlens[b], total = (int64_t)c->seqlens[b] + 1;
+    const int64_t n = new_tokens(c, b), total = (int64_t)c->seqlens[b] + 1;
     return n >= 0 && n <= c->s_n && total - n >= 0 && total <= c->cap && total <= c->max_pos;
 }
 
 /* The new tokens' keys (rotated) and values of row b, written in place. */
 static void append_row(const Call *c, int64_t b) {
-    const int64_t n = c->qlens[b], past = c->seqlens[b] + 1 - n, d = c->d;
+    const int64_t n = new_tokens(c, b), past = c->seqlens[b] + 1 - n, d = c->d;
     for (int64_t s = 0; s < n; s++) {
         const float *tok = c->qkv + (b * c->s_n + s) * c->width;
         const int64_t pos = past + s;
@@ -320,7 +325,7 @@ static void append_row(const Call *c, int64_t b) {
 
 /* Row b, KV head h: every query head of the group, every valid new token. */
 static void attend_item(const Call *c, int64_t b, int64_t h, float *q, float *scores) {
-    const int64_t n = c->qlens[b], past = c->seqlens[b] + 1 - n, d = c->d;
+    const int64_t n = new_tokens(c, b), past = c->seqlens[b] + 1 - n, d = c->d;
     const size_t elem = c->half ? 2 : 4, at = (size_t)((b * c->kv_n + h) * c->cap * d) * elem;
     const void *keys = (const char *)c->kc + at, *values = (const char *)c->vc + at;
     for (int64_t s = 0; s < n; s++) {
@@ -425,8 +430,10 @@ static void fail(float *out, size_t n) {  /* KernelCompute cannot return an erro
 
 static void compute(void *kernel, OrtKernelContext *ctx) {
     const int half = *(const int *)kernel;
-    const OrtValue *in[8];
-    for (size_t i = 0; i < 8; i++)
+    const OrtValue *in[8] = {NULL};
+    size_t n_in = 0;
+    if (ORT(KernelContext_GetInputCount, InputCountFn)(ctx, &n_in) || n_in < 7) return;
+    for (size_t i = 0; i < n_in && i < 8; i++)
         if (ORT(KernelContext_GetInput, GetInputFn)(ctx, i, &in[i])) return;
     int64_t qd[3], kd[4], cd[2];
     const int ok_dims = dims_of(in[0], qd, 3) == 3 && dims_of(in[1], kd, 4) == 4 &&
@@ -442,7 +449,7 @@ static void compute(void *kernel, OrtKernelContext *ctx) {
     if (ORT(KernelContext_GetOutput, GetOutputFn)(ctx, 2, pd, 4, &o2)) return;
     Call c = {b_n, s_n, h_n, kv_n, d, out_cap, kv_n > 0 ? h_n / kv_n : 0, width, cd[0],
               d > 0 ? 1.0f / sqrtf((float)d) : 0.0f, data_of(in[0]), data_of(in[5]), data_of(in[6]),
-              data_of(in[3]), data_of(in[7]), data_of(o0), data_of(o1), data_of(o2), half};
+              data_of(in[3]), in[7] ? data_of(in[7]) : NULL, data_of(o0), data_of(o1), data_of(o2), half};
     const char *pk = data_of(in[1]), *pv_in = data_of(in[2]);
     const size_t elem = half ? 2 : 4;
     const size_t out_n = (size_t)(b_n * s_n * h_n * d);
@@ -467,7 +474,7 @@ static void compute(void *kernel, OrtKernelContext *ctx) {
             continue;
         }
         append_row(&c, b);
-        work += (int64_t)c.qlens[b] * (c.seqlens[b] + 1) * h_n * d;
+        work += new_tokens(&c, b) * (c.seqlens[b] + 1) * h_n * d;
     }
     run_parallel(&c, (long)(b_n * kv_n), work);
 }
@@ -495,15 +502,16 @@ static int output_type(const OrtCustomOp *op, size_t i) {
 static size_t output_count(const OrtCustomOp *op) { (void)op; return 3; }
 static void destroy_kernel(void *k) { (void)k; }
 static int required(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return 0; }
+static int input_characteristic(const OrtCustomOp *op, size_t i) { (void)op; return i == 7; }
 static int default_memory(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return 0; }
 
 static OrtCustomOp attention_op = {
     API_VERSION, create_kernel, op_name, op_provider, input_type, input_count, output_type,
-    output_count, compute, destroy_kernel, required, required, default_memory,
+    output_count, compute, destroy_kernel, input_characteristic, required, default_memory,
 };
 static OrtCustomOp attention_half_op = {
     API_VERSION, create_kernel, op_name, op_provider, input_type, input_count, output_type,
-    output_count, compute, destroy_kernel, required, required, default_memory,
+    output_count, compute, destroy_kernel, input_characteristic, required, default_memory,
 };
 
 typedef OrtStatus *(*CreateStatusFn)(int, const char *);
