@@ -206,7 +206,55 @@ static void qk_any(const float *q, const void *keys, int64_t span, int64_t d, in
     }
 }
 
+#if defined(__AVX512F__)
+/* Head size 64 on AVX-512: a key or value row is 4 registers, half the instructions. */
+static inline __m512 kv16(const void *base, int64_t at, int half) {
+    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + at)))
+                : _mm512_loadu_ps((const float *)base + at);
+}
+
+static void qk_64_wide(const float *q, const void *keys, int64_t span, int half, float *scores) {
+    const __m512 q0 = _mm512_loadu_ps(q), q1 = _mm512_loadu_ps(q + 16), q2 = _mm512_loadu_ps(q + 32),
+                 q3 = _mm512_loadu_ps(q + 48);
+    for (int64_t t0 = 0; t0 < span; t0 += 8) {
+        __m256 acc[8];
+        for (int u = 0; u < 8; u++) {
+            if (t0 + u >= span) { acc[u] = _mm256_setzero_ps(); continue; }
+            const int64_t at = (t0 + u) * 64;
+            __m512 a = _mm512_mul_ps(q0, kv16(keys, at, half));
+            a = _mm512_fmadd_ps(q1, kv16(keys, at + 16, half), a);
+            a = _mm512_fmadd_ps(q2, kv16(keys, at + 32, half), a);
+            a = _mm512_fmadd_ps(q3, kv16(keys, at + 48, half), a);
+            acc[u] = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+        }
+        _mm256_storeu_ps(scores + t0, sums8(acc));
+    }
+}
+
+static void pv_64_wide(const float *p, const void *values, int64_t span, int half, float inv, float *out) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t t = 0; t < span; t++) {
+        const __m512 pt = _mm512_set1_ps(p[t]);
+        a0 = _mm512_fmadd_ps(pt, kv16(values, t * 64, half), a0);
+        a1 = _mm512_fmadd_ps(pt, kv16(values, t * 64 + 16, half), a1);
+        a2 = _mm512_fmadd_ps(pt, kv16(values, t * 64 + 32, half), a2);
+        a3 = _mm512_fmadd_ps(pt, kv16(values, t * 64 + 48, half), a3);
+    }
+    const __m512 iv = _mm512_set1_ps(inv);
+    _mm512_storeu_ps(out, _mm512_mul_ps(a0, iv));
+    _mm512_storeu_ps(out + 16, _mm512_mul_ps(a1, iv));
+    _mm512_storeu_ps(out + 32, _mm512_mul_ps(a2, iv));
+    _mm512_storeu_ps(out + 48, _mm512_mul_ps(a3, iv));
+}
+#define WIDE_64 1
+#else
+#define WIDE_64 0
+#endif
+
 static void qk(const float *q, const void *keys, int64_t span, int64_t d, int half, float *scores) {
+#if WIDE_64
+    if (d == 64) { qk_64_wide(q, keys, span, half, scores); return; }
+#endif
     if (d == 64) qk_64(q, keys, span, half, scores);
     else if (d == 128) qk_128(q, keys, span, half, scores);
     else qk_any(q, keys, span, d, half, scores);
@@ -236,6 +284,9 @@ static float softmax(float *s, int64_t span) {
 /* out = inv * sum_t p[t] values[t], t in key order; 64 dims at a time in 8 registers */
 static void pv(const float *p, const void *values, int64_t span, int64_t d, int half, float inv,
                float *out) {
+#if WIDE_64
+    if (d == 64) { pv_64_wide(p, values, span, half, inv, out); return; }
+#endif
     const __m256 iv = _mm256_set1_ps(inv);
     int64_t i0 = 0;
     for (; i0 + 64 <= d; i0 += 64) {
