@@ -1,5 +1,6 @@
-"""What the ORT run of a step is made of: kernel time by operator, the served variant beside
-w8-kv8 (the same weights with an int8 KV cache).
+"""What the ORT run of a step is made of: kernel time by operator, for w8-rtn32 (ONNX Runtime's
+GroupQueryAttention), the same weights on the project's attention kernel with a float32 (w8-fa)
+and a float16 KV cache (w8-fa16, served) and with ONNX Runtime's int8 KV cache (w8-kv8).
 
     python -m bench.op_split        # bench/results/op_split.{json,md}
 
@@ -85,7 +86,8 @@ def measure(variants: list[str], repeats: int, rounds: int = 3) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default=f"{served_args()['llm_variant']},w8-kv8",
+    ap.add_argument("--variants", default=",".join(dict.fromkeys(
+        ["w8-rtn32", "w8-fa", served_args()["llm_variant"], "w8-kv8"])),
                     help="comma-separated; the first is the baseline of the ratio column")
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()
@@ -99,8 +101,8 @@ def main() -> None:
           f"{r['step_ms'] / base[(r['step'], r['rows'], r['context'])]:.2f}x"]
          + [f"{100 * r['share'].get(g, 0):.0f}%" for g in groups] for r in result])
     table += ("\n2 ORT threads; step ms: medians over 3 interleaved rounds; shares: kernel time by operator "
-              "type from ONNX Runtime's profiler (attention = GroupQueryAttention: rotary, KV append, "
-              "QK', softmax, PV).\n")
+              "type from ONNX Runtime's profiler (attention = GroupQueryAttention or the project's "
+              "Attention / AttentionHalfKV: rotary, KV append, QK', softmax, PV).\n")
     write("op_split", {"variants": variants, "steps": result}, table)
     print(table)
 
