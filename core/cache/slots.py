@@ -36,7 +36,7 @@ import re
 from collections import Counter
 from functools import lru_cache
 
-from core.cache import lexicon
+from core.cache import lexicon, roles
 from core.cache.guard import _root, _typo
 from core.cache.tokens import TokenVectors, content_positions
 
@@ -173,19 +173,21 @@ def trivial_edit(a: str, b: str) -> bool:
     pieces that look like a change. Symmetric: difflib's alignment is not, so either way round.
     Sentences of context before the question count as no change ("I'm baking tonight. What can
     I use instead of eggs?" / "What can I use instead of eggs?"): the last sentence must be it."""
-    wa, wb = _words(a), _words(b)
+    wa, wb = _spelled(a), _spelled(b)
     if _trivial(wa, wb) or _trivial(wb, wa):
         return True
     for longer, shorter in ((a, b), (b, a)):
         sentences = _SENTENCE_END.split(longer.strip())
         if len(sentences) > 1 and len(_SENTENCE_END.split(shorter.strip())) == 1:
-            last, other = _words(sentences[-1]), _words(shorter)
+            last, other = _spelled(sentences[-1]), _spelled(shorter)
             if _trivial(last, other) or _trivial(other, last):
                 return True
     return False
 
 
-def _words(text: str) -> list[str]:
+# Not _words above: redefining that name made the slot checks read "wasn't" as one word that
+# is no negation (a polarity refused "Why wasn't X profitable?" / "Why was X not profitable?").
+def _spelled(text: str) -> list[str]:
     """Lower-cased words, contractions spelled out (lexicon.CONTRACTIONS)."""
     return [w for word in _WORD_APOS.findall(text.lower())
             for w in lexicon.CONTRACTIONS.get(word, (word,))]
@@ -221,4 +223,4 @@ def refusal(a: str, b: str, ta: TokenVectors, tb: TokenVectors) -> str | None:
         return "negated by a prefix"
     if letter_case(a, b):
         return "letter case differs"
-    return None
+    return roles.refusal(a, b)
