@@ -43,7 +43,16 @@ _SUBJECT = {"i": "first", "we": "first plural"}
 _OBJECT = {"me": "first", "us": "first plural"}
 _ONE_PRONOUN = frozenset((w,) for w in "i we you".split())
 _ARTICLES = frozenset("a an the".split())
+_BE = frozenset("is are was were".split())
+_NOT_MEASURE = _AUX | frozenset("to come i you we".split())
+_DEFINING = frozenset("mean meaning means definition define".split())  # "What does X mean?"
+_OTHER_QUESTION = frozenset("how why when where".split())  # "which city is X?" asks "what is X?"
+_PREPOSITIONS = frozenset("of for in to with on at by from about".split())
+# "How does X work?" explains what X is; "How do you say X?" translates it
+_EXPLAINING = frozenset("work works say".split())
 _FUNCTION = lexicon.STOPWORDS | lexicon.FILLER
+_DEFINING_VERBS = frozenset("explain describe define".split())
+_FRAMING = lexicon.FRAMING_VERBS | _DEFINING_VERBS | _EXPLAINING
 _NO_ROLE_BEFORE = frozenset(_root(w) for w in lexicon.FRAMING_VERBS | {"teach", "explain", "for"})
 MAX_RUN = 4  # words in one exchanged run
 
@@ -54,12 +63,12 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(w for word in _WORD.findall(text.lower()) for w in lexicon.CONTRACTIONS.get(word, (word,)))
 
 
-def transposed(a: str, b: str) -> bool:
-    """a = P X M Y S and b = P Y M X S with X != Y (runs of up to MAX_RUN words) and a middle M
-    holding a word that is no symmetric connective."""
+def _exchange(a: str, b: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(middle, words before the first run) if a = P X M Y S and b = P Y M X S with X != Y
+    (runs of up to MAX_RUN words), else None."""
     wa, wb = _words(a), _words(b)
     if len(wa) != len(wb) or wa == wb:
-        return False
+        return None
     start = 0
     while wa[start] == wb[start]:
         start += 1
@@ -70,11 +79,22 @@ def transposed(a: str, b: str) -> bool:
     n = len(ma)
     for lx in range(1, min(MAX_RUN, n - 2) + 1):
         for ly in range(1, min(MAX_RUN, n - lx - 1) + 1):
-            middle = ma[lx:n - ly]
-            if (mb[:ly] == ma[n - ly:] and mb[n - lx:] == ma[:lx] and mb[ly:n - lx] == middle
-                    and any(w not in _SYMMETRIC for w in middle) and not _repeats(middle, wa[:start])):
-                return True
-    return False
+            if mb[:ly] == ma[n - ly:] and mb[n - lx:] == ma[:lx] and mb[ly:n - lx] == ma[lx:n - ly]:
+                return ma[lx:n - ly], wa[:start]
+    return None
+
+
+def transposed(a: str, b: str) -> bool:
+    """Two runs exchanged around a middle that holds a word other than a symmetric connective."""
+    found = _exchange(a, b)
+    return found is not None and any(w not in _SYMMETRIC for w in found[0]) and not _repeats(*found)
+
+
+def exchanged_symmetrically(a: str, b: str) -> bool:
+    """Two runs exchanged around a symmetric connective ("X or Y" / "Y or X"): the same question
+    (slots.trivial_edit)."""
+    found = _exchange(a, b)
+    return found is not None and (all(w in _SYMMETRIC for w in found[0]) or _repeats(*found))
 
 
 def _repeats(middle: tuple[str, ...], before: tuple[str, ...]) -> bool:
@@ -178,4 +198,64 @@ def refusal(a: str, b: str) -> str | None:
         return "subject changed"
     if stems_crossed(a, b):
         return "derived words crossed"
+    if definition_vs_other(a, b):
+        return "a definition against another question"
+    if opposite_directions(a, b):
+        return "opposite directions"
+    if reason_vs_measure(a, b):
+        return "a reason against a measure"
     return None
+
+
+
+
+def _defines(words: tuple[str, ...]) -> bool:
+    """A question for what a thing is: "What is X?", "Who was X?", "What does X mean?"."""
+    return len(words) >= 3 and words[0] in ("what", "who") and (
+        words[1] in _BE or (words[1] in _DO and words[-1] in _DEFINING))
+
+
+def definition_vs_other(a: str, b: str) -> bool:
+    """One prompt asks what a thing is and names nothing the other lacks; the other asks with
+    another question word about it and adds a content word ("What is a Twitch affiliate?" /
+    "How do I become a Twitch affiliate?", "What does X mean?" / "Why is X hard to translate?")."""
+    wa, wb = _words(a), _words(b)
+    for d, o in ((wa, wb), (wb, wa)):
+        if not _defines(d) or o[0] not in _OTHER_QUESTION or _PREPOSITIONS & set(d):
+            continue  # "What is the area of X?" asks for a value, "What is X in French?" a translation
+        roots_o = {_root(w) for w in o}
+        named = [w for w in d if w not in _FUNCTION and w not in _DEFINING]
+        roots_d = {_root(w) for w in d}
+        added = [w for w in o if w not in _FUNCTION and w not in _FRAMING and _root(w) not in roots_d]
+        if named and all(_root(w) in roots_o for w in named) and added:
+            return True
+    return False
+
+
+# Opposite direction words (closed class); "in" / "out" left out: "ants in the kitchen" / "get
+# ants out of my kitchen" is a place, not a direction.
+_OPPOSITE = (("into", "out"), ("on", "off"), ("up", "down"), ("to", "from"), ("over", "under"),
+             ("above", "below"), ("before", "after"))
+
+
+def opposite_directions(a: str, b: str) -> bool:
+    """One prompt holds a direction word and not its opposite, the other the opposite and not it
+    ("get mice into a house" / "get mice out of a house", "grant to" / "revoke from")."""
+    wa, wb = set(_words(a)), set(_words(b))
+    return any((x in wa) != (x in wb) and (y in wa) != (y in wb) and (x in wa) != (y in wa)
+               for x, y in _OPPOSITE)
+
+
+def _measures(words: tuple[str, ...]) -> bool:
+    """A "how" that asks for a measure ("how many", "how hot", "how long"), not a manner ("how
+    do I", "how to")."""
+    return any(w == "how" and i + 1 < len(words) and words[i + 1] not in _NOT_MEASURE
+               for i, w in enumerate(words))
+
+
+def reason_vs_measure(a: str, b: str) -> bool:
+    """One prompt asks why, the other for a measure ("Why is Death Valley so hot?" / "How hot does
+    Death Valley get?"): another slot of the same subject."""
+    wa, wb = _words(a), _words(b)
+    return any("why" in x and "why" not in y and _measures(y) and not _measures(x)
+               for x, y in ((wa, wb), (wb, wa)))

@@ -50,6 +50,7 @@ _DIRECTION = lexicon.PARTICLES | lexicon.DIRECTION_MARKERS
 _FUNCTION = lexicon.STOPWORDS | lexicon.FILLER
 MAX_FLIP_WORDS = 3  # a direction flip changes a few words in a place
 MAX_FLIP_RUNS = 3
+MAX_FRONTED = 6  # words of a phrase moved from the start to the end (trivial_edit)
 _WORD = re.compile(r"[a-z0-9]+")
 _FREE = re.compile(r"[a-z]-(?:free|less)\b|\b[a-z]+ free\b")  # sulfate-free, sugarless, gluten free
 _PREVENT = re.compile(r"\b(?:keep|stop|prevent)\b(?: [a-z']+){1,3} from [a-z]+ing\b")
@@ -162,8 +163,15 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 def _same_word(x: str, y: str) -> bool:
     """One word inflected, mistyped (guard._typo: no substitutions, so "affect" / "effect" stay
     apart) or a listed synonym."""
-    return x == y or _root(x) == _root(y) or _typo(x, y) or bool(
+    return x == y or _root(x) == _root(y) or _typo(x, y) or _number(x) == _number(y) is not None or bool(
         lexicon.SYNONYM_INDEX.get(x, set()) & lexicon.SYNONYM_INDEX.get(y, set()))
+
+
+def _number(word: str) -> float | None:
+    """A number written in digits or as one word ("3" / "three")."""
+    if word in lexicon.NUMBER_WORDS:
+        return float(lexicon.NUMBER_WORDS[word])
+    return float(word) if word.isdigit() else None
 
 
 def trivial_edit(a: str, b: str) -> bool:
@@ -174,8 +182,14 @@ def trivial_edit(a: str, b: str) -> bool:
     Sentences of context before the question count as no change ("I'm baking tonight. What can
     I use instead of eggs?" / "What can I use instead of eggs?"): the last sentence must be it."""
     wa, wb = _spelled(a), _spelled(b)
-    if _trivial(wa, wb) or _trivial(wb, wa):
+    if _trivial(wa, wb) or _trivial(wb, wa) or roles.exchanged_symmetrically(a, b):
         return True
+    for fronted, other in ((a, b), (b, a)):  # "For a beginner, which X?" / "Which X for a beginner?"
+        head, comma, rest = fronted.partition(", ")
+        moved = _spelled(rest) + _spelled(head)
+        if comma and len(_spelled(head)) <= MAX_FRONTED and (_trivial(moved, _spelled(other))
+                                                            or _trivial(_spelled(other), moved)):
+            return True
     for longer, shorter in ((a, b), (b, a)):
         sentences = _SENTENCE_END.split(longer.strip())
         if len(sentences) > 1 and len(_SENTENCE_END.split(shorter.strip())) == 1:
