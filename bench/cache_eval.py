@@ -248,6 +248,8 @@ class Evaluation:
         self.verdicts, self.guard_us = _guard_verdicts(pairs)
         self.guard_ok = np.array([ok for ok, _ in self.verdicts])
         self.guard_soft = np.array([not ok and guard.soft(reason) for ok, reason in self.verdicts])
+        self.guard_yields = np.array([not ok and guard.yields_to_trivial(reason)
+                                      for ok, reason in self.verdicts])
         tokens = [tv for start in range(0, len(texts), 64)
                   for tv in embedder.embed_tokens(texts[start:start + 64])]
         start = time.perf_counter()
@@ -276,9 +278,10 @@ class Evaluation:
 
     def trivial_path(self) -> np.ndarray:
         """Pairs accepted without the model (align.accepts): a trivial edit at cosine >=
-        TRIVIAL_MIN_COSINE that the guard passes (or refuses softly), no swap, no slot refusal."""
-        return (self.trivial & (self.cos >= align.TRIVIAL_MIN_COSINE) & (self.guard_ok | self.guard_soft)
-                & ~self.swapped & ~self.refused)
+        TRIVIAL_MIN_COSINE that the guard passes (or refuses softly, or for an entity:
+        guard.yields_to_trivial), no swap, no slot refusal."""
+        return (self.trivial & (self.cos >= align.TRIVIAL_MIN_COSINE)
+                & (self.guard_ok | self.guard_soft | self.guard_yields) & ~self.swapped & ~self.refused)
 
     def logits(self, weights: tuple[float, ...]) -> np.ndarray:
         """The model's logit of each candidate, +inf on the trivial path, -inf for the rest."""
@@ -390,7 +393,8 @@ def score_legacy(pairs: list[Pair], embedder, rule: str, threshold: float,
     verdicts = [guard.check(p.b, p.a) for p in pairs]
     ok = np.array([g for g, _ in verdicts])
     if rule == ALIGN_RULE:
-        hit = np.array([(g or guard.soft(reason))
+        hit = np.array([(g or guard.soft(reason)
+                         or (guard.yields_to_trivial(reason) and slots.trivial_edit(p.b, p.a)))
                         and align.accepts(c, g, tokens[index[p.b]], tokens[index[p.a]], weights, threshold,
                                           texts=(p.b, p.a))
                         for p, c, (g, reason) in zip(pairs, cos, verdicts, strict=True)])
