@@ -202,9 +202,36 @@ def trivial_edit(a: str, b: str) -> bool:
 # Not _words above: redefining that name made the slot checks read "wasn't" as one word that
 # is no negation (a polarity refused "Why wasn't X profitable?" / "Why was X not profitable?").
 def _spelled(text: str) -> list[str]:
-    """Lower-cased words, contractions spelled out (lexicon.CONTRACTIONS)."""
-    return [w for word in _WORD_APOS.findall(text.lower())
-            for w in lexicon.CONTRACTIONS.get(word, (word,))]
+    """Lower-cased words, contractions spelled out (lexicon.CONTRACTIONS), and "how do I", "how
+    can you", ... written "how to": the asker's modal and pronoun frame one question."""
+    words = [w for word in _WORD_APOS.findall(text.lower()) for w in lexicon.CONTRACTIONS.get(word, (word,))]
+    out, i = [], 0
+    while i < len(words):
+        out.append(words[i])
+        if words[i] == "how" and words[i + 1:i + 2] and words[i + 1] in _HOW_MODAL \
+                and words[i + 2:i + 3] and words[i + 2] in _ASKER:
+            out.append("to")
+            i += 3
+            continue
+        i += 1
+    return out
+
+
+_HOW_MODAL = frozenset("do can should would could".split())
+_ASKER = frozenset("i you we one".split())
+# An imperative frame at the start asks what an open question word asks ("Explain X." / "What is
+# X?", "List the Great Lakes." / "What are the Great Lakes?"); not "how many", "when", "why".
+_OPEN_QUESTION = frozenset({"what", "which"})
+_IMPERATIVE = (lexicon.FRAMING_VERBS | {"explain", "describe", "define"}) - lexicon.CONTRAST_TERMS
+
+
+def _framed(side_a: list[str], side_b: list[str]) -> bool:
+    """One side an imperative frame, the other an open question word and function words."""
+    for x, y in ((side_a, side_b), (side_b, side_a)):
+        if (x and any(w in _IMPERATIVE for w in x) and all(w in _FRAMING for w in x)
+                and y and y[0] in _OPEN_QUESTION and all(w in _TRIVIAL for w in y[1:])):
+            return True
+    return False
 
 
 def _trivial(wa: list[str], wb: list[str]) -> bool:
@@ -212,6 +239,8 @@ def _trivial(wa: list[str], wb: list[str]) -> bool:
         side_a, side_b = wa[i1:i2], wb[j1:j2]
         trivial = _FRAMING if i1 == 0 or j1 == 0 else _TRIVIAL
         if op == "equal" or all(w in trivial for w in side_a + side_b) or "".join(side_a) == "".join(side_b):
+            continue
+        if (i1 == 0 or j1 == 0) and _framed(side_a, side_b):
             continue
         pairs = zip(side_a, side_b, strict=False)
         if op == "replace" and len(side_a) == len(side_b) and all(
