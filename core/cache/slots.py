@@ -184,6 +184,9 @@ def trivial_edit(a: str, b: str) -> bool:
     wa, wb = _spelled(a), _spelled(b)
     if _trivial(wa, wb) or _trivial(wb, wa) or roles.exchanged_symmetrically(a, b):
         return True
+    da, db = _defined(wa), _defined(wb)
+    if da and db and (_trivial(da, db) or _trivial(db, da)):  # "What is X?" / "What does X mean?"
+        return True
     for fronted, other in ((a, b), (b, a)):  # "For a beginner, which X?" / "Which X for a beginner?"
         head, comma, rest = fronted.partition(", ")
         moved = _spelled(rest) + _spelled(head)
@@ -222,13 +225,33 @@ _ASKER = frozenset("i you we one".split())
 # An imperative frame at the start asks what an open question word asks ("Explain X." / "What is
 # X?", "List the Great Lakes." / "What are the Great Lakes?"); not "how many", "when", "why".
 _OPEN_QUESTION = frozenset({"what", "which"})
-_IMPERATIVE = (lexicon.FRAMING_VERBS | {"explain", "describe", "define"}) - lexicon.CONTRAST_TERMS
+_IMPERATIVE = (lexicon.FRAMING_VERBS | {"explain", "describe", "define", "name", "summarize", "summarise",
+                                        "calculate", "compute", "find"}) - lexicon.CONTRAST_TERMS
+_BE = frozenset("is are was were".split())
+_DEFINING = frozenset("meaning definition".split())
+
+
+def _defined(words: list[str]) -> list[str] | None:
+    """What a definition question asks about: "What is X?", "What does X mean?", "What is the
+    meaning of X?", "Define X." all ask what X is."""
+    if len(words) >= 2 and words[0] == "define":
+        return words[1:]
+    if len(words) < 3 or words[0] != "what":
+        return None
+    if words[1] in ("does", "do") and words[-1] == "mean":
+        return words[2:-1]
+    if words[1] in _BE:
+        rest = words[2:]
+        if len(rest) >= 3 and rest[0] == "the" and rest[1] in _DEFINING and rest[2] == "of":
+            return rest[3:]
+        return rest
+    return None
 
 
 def _framed(side_a: list[str], side_b: list[str]) -> bool:
     """One side an imperative frame, the other an open question word and function words."""
     for x, y in ((side_a, side_b), (side_b, side_a)):
-        if (x and any(w in _IMPERATIVE for w in x) and all(w in _FRAMING for w in x)
+        if (x and any(w in _IMPERATIVE for w in x) and all(w in _FRAMING or w in _IMPERATIVE for w in x)
                 and y and y[0] in _OPEN_QUESTION and all(w in _TRIVIAL for w in y[1:])):
             return True
     return False
