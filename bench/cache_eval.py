@@ -42,7 +42,9 @@ and its held-out rate was six times the development rate; the calibration asks
 the bound to hold on topics the choice has not seen, before the held-out set is looked at.
 Rounds 4 and 5 met 1 % in leave-one-split-out and still missed it on the held-out
 set (about four times the rate: each new set brings near misses of kinds the
-older ones hold few of), so MAX_LOSO_UB is half the target.
+older ones hold few of), so MAX_LOSO_UB was half the target in round 6; round 6's held-out rate
+was five times its leave-one-split-out rate again (6/571 against 7/3401), so from round 7 on
+MAX_LOSO_UB is a fifth of the target (set before test7 was scored, from rounds 4-6 only).
 The served defaults (core/cache/config.py, core/cache/align.py) must equal the
 choice (tests/cache/test_cache_eval.py).
 Writes bench/results/cache_eval.{json,md}.
@@ -120,7 +122,7 @@ ROUND6 = {"threshold": 3.25, "test6": {"recall": 0.610, "true_hits": 219, "parap
                                        "false_hits": 6, "near_misses": 571, "ub": 0.0206}}
 CONFIDENCE = 0.95
 MAX_FALSE_HIT_UB = 0.01  # the target, on the held-out split
-MAX_LOSO_UB = 0.005  # what leave-one-split-out must show for the choice (see the docstring)
+MAX_LOSO_UB = 0.002  # what leave-one-split-out must show for the choice (see the docstring)
 # Bounds the choice may use on the pooled development splits, least strict first: calibrate()
 # takes the first whose leave-one-split-out result stays within MAX_FALSE_HIT_UB.
 CHOICE_UB_GRID = (0.01, 0.0075, 0.005, 0.004, 0.003, 0.0025, 0.002, 0.0015, 0.001)
@@ -562,8 +564,8 @@ def markdown(rep: dict) -> str:
               f"Rule: highest recall on {'+'.join(rule['chosen_on'])} (pooled) with the false-hit"
               f" {rule['bound']} ({rule['confidence']:.0%}) <= {rule['choice_ub']:.2%}: the least strict"
               " development bound whose leave-one-split-out result keeps the UB <="
-              f" {rule['max_loso_ub']:.1%} (half the target: held-out rates have run above"
-              " leave-one-split-out ones)"
+              f" {rule['max_loso_ub']:.1%} (a fifth of the target: held-out rates have run four to five"
+              " times the leave-one-split-out ones)"
               " (" + "; ".join(f"{c['bound']:.2%}: {_fmt(c)}" for c in rule["calibration"]) + ")."
               f" {rule['held_out']} is scored once, at the chosen setting.", "",
               f"Second stage: candidates with cosine >= {al['min_cosine']} that pass the guard, are no"

@@ -46,6 +46,8 @@ _ARTICLES = frozenset("a an the".split())
 _BE = frozenset("is are was were".split())
 _NOT_MEASURE = _AUX | frozenset("to come i you we".split())
 _DEFINING = frozenset("mean meaning means definition define".split())  # "What does X mean?"
+# "What does the word / name X mean?" defines X
+_METALINGUISTIC = frozenset("word words term name phrase expression".split())
 _OTHER_QUESTION = frozenset("how why when where".split())  # "which city is X?" asks "what is X?"
 _PREPOSITIONS = frozenset("of for in to with on at by from about".split())
 # "How does X work?" explains what X is; "How do you say X?" translates it
@@ -224,7 +226,7 @@ def definition_vs_other(a: str, b: str) -> bool:
         if not _defines(d) or o[0] not in _OTHER_QUESTION or _PREPOSITIONS & set(d):
             continue  # "What is the area of X?" asks for a value, "What is X in French?" a translation
         roots_o = {_root(w) for w in o}
-        named = [w for w in d if w not in _FUNCTION and w not in _DEFINING]
+        named = [w for w in d if w not in _FUNCTION and w not in _DEFINING and w not in _METALINGUISTIC]
         roots_d = {_root(w) for w in d}
         added = [w for w in o if w not in _FUNCTION and w not in _FRAMING and _root(w) not in roots_d]
         if named and all(_root(w) in roots_o for w in named) and added:
