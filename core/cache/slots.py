@@ -25,6 +25,14 @@ downward-entailing words), not over words taken from pairs:
 - letter_case: a one-letter capital word inside a sentence ("the letter A") lower-case in the other
   prompt; guard._case_flip leaves capitalisation alone since a capital may start a sentence.
 
+refusal() then asks core/cache/roles.py (round 7: roles reversed without a direction word).
+
+trivial_edit (round 6, widened in round 7) finds the same question in other words: typos,
+inflection, framing, context sentences, and (round 7) a phrase moved from the start to the end,
+runs exchanged around a symmetric connective, a number in digits or words, an imperative frame
+for an open question word ("Explain X." / "What is X?") and definition frames ("What does X
+mean?" / "What is X?").
+
 Thresholds are chosen on the development pairs only (bench/cache_eval.py); every refusal is
 final (a false refusal costs a cache miss, a false hit a wrong answer).
 """
