@@ -182,6 +182,7 @@ def _number(word: str) -> float | None:
     return float(word) if word.isdigit() else None
 
 
+@lru_cache(maxsize=4096)  # align.accepts asks once for the path and once for the feature
 def trivial_edit(a: str, b: str) -> bool:
     """Every differing run of words is function words or framing, words replaced one for one by
     the same word inflected, mistyped or a synonym, or words split or joined ("bow string" /
@@ -197,9 +198,10 @@ def trivial_edit(a: str, b: str) -> bool:
         return True
     for fronted, other in ((a, b), (b, a)):  # "For a beginner, which X?" / "Which X for a beginner?"
         head, comma, rest = fronted.partition(", ")
+        if not comma or len(_spelled(head)) > MAX_FRONTED:
+            continue
         moved = _spelled(rest) + _spelled(head)
-        if comma and len(_spelled(head)) <= MAX_FRONTED and (_trivial(moved, _spelled(other))
-                                                            or _trivial(_spelled(other), moved)):
+        if _trivial(moved, _spelled(other)) or _trivial(_spelled(other), moved):
             return True
     for longer, shorter in ((a, b), (b, a)):
         sentences = _SENTENCE_END.split(longer.strip())
@@ -212,7 +214,8 @@ def trivial_edit(a: str, b: str) -> bool:
 
 # Not _words above: redefining that name made the slot checks read "wasn't" as one word that
 # is no negation (a polarity refused "Why wasn't X profitable?" / "Why was X not profitable?").
-def _spelled(text: str) -> list[str]:
+@lru_cache(maxsize=4096)
+def _spelled(text: str) -> tuple[str, ...]:
     """Lower-cased words, contractions spelled out (lexicon.CONTRACTIONS), and "how do I", "how
     can you", ... written "how to": the asker's modal and pronoun frame one question."""
     words = [w for word in _WORD_APOS.findall(text.lower()) for w in lexicon.CONTRACTIONS.get(word, (word,))]
@@ -225,7 +228,7 @@ def _spelled(text: str) -> list[str]:
             i += 3
             continue
         i += 1
-    return out
+    return tuple(out)
 
 
 _HOW_MODAL = frozenset("do can should would could".split())
@@ -239,7 +242,7 @@ _BE = frozenset("is are was were".split())
 _DEFINING = frozenset("meaning definition".split())
 
 
-def _defined(words: list[str]) -> list[str] | None:
+def _defined(words: tuple[str, ...]) -> tuple[str, ...] | None:
     """What a definition question asks about: "What is X?", "What does X mean?", "What is the
     meaning of X?", "Define X." all ask what X is."""
     if len(words) >= 2 and words[0] == "define":
@@ -256,7 +259,7 @@ def _defined(words: list[str]) -> list[str] | None:
     return None
 
 
-def _framed(side_a: list[str], side_b: list[str]) -> bool:
+def _framed(side_a: tuple[str, ...], side_b: tuple[str, ...]) -> bool:
     """One side an imperative frame, the other an open question word and function words."""
     for x, y in ((side_a, side_b), (side_b, side_a)):
         if (x and any(w in _IMPERATIVE for w in x) and all(w in _FRAMING or w in _IMPERATIVE for w in x)
@@ -265,7 +268,7 @@ def _framed(side_a: list[str], side_b: list[str]) -> bool:
     return False
 
 
-def _trivial(wa: list[str], wb: list[str]) -> bool:
+def _trivial(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=wa, b=wb, autojunk=False).get_opcodes():
         side_a, side_b = wa[i1:i2], wb[j1:j2]
         trivial = _FRAMING if i1 == 0 or j1 == 0 else _TRIVIAL
