@@ -27,7 +27,8 @@ from .peer import served_args
 
 SHAPES = [("decode", 1, 128), ("decode", 16, 128), ("decode", 1, 256), ("decode", 16, 256),
           ("prefill 128", 1, 0)]
-GROUPS = {"GroupQueryAttention": "attention", "MatMulNBits": "int8/4-bit matmuls",
+GROUPS = {"GroupQueryAttention": "attention", "Attention": "attention", "AttentionHalfKV": "attention",
+          "MatMulNBits": "int8/4-bit matmuls",
           "MatMul": "float matmuls", "Gemm": "float matmuls"}
 
 

@@ -77,7 +77,9 @@ def engine_split(streams: int, prompts: list[str]) -> dict:
 def invariance_cost(variant: str, repeats: int = 3) -> dict:
     """Decode step ms at 1 and 16 rows of the served variant built both ways: with the extra
     attention token that makes one-token and multi-token forwards the same arithmetic (what the
-    CPU wheel serves) and without it (the "padded" flavor: plain one-token attention)."""
+    CPU wheel serves) and without it (the "padded" flavor: plain one-token attention). A variant
+    on the project's own attention kernel (w8-fa*: invariant by construction, no extra token) is
+    compared with its source's plain-attention build."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -88,7 +90,7 @@ def invariance_cost(variant: str, repeats: int = 3) -> dict:
     from core.build.gguf_weights import read_gguf
     from core.build.llama import build_llama
     from core.llm.model_runner import ModelRunner
-    from core.quant.variants import ensure_variant
+    from core.quant.variants import ensure_variant, spec
 
     served_dir = build_llm(progress=lambda _: None)
     plain_dir = Path(tempfile.mkdtemp())
@@ -98,9 +100,10 @@ def invariance_cost(variant: str, repeats: int = 3) -> dict:
     base = "q4" if variant.startswith("q4") else "fp32"
     onnx.save(build_llama(cfg, weights, base, "padded"), str(plain_dir / f"{base}.onnx"))
     dims = (cfg.n_layers, cfg.n_kv_heads, cfg.head_dim)
+    plain_variant = spec(variant).source if variant.startswith("w8-fa") else variant
     runners = {"batch-invariant": ModelRunner(str(ensure_variant(served_dir, variant, progress=False)),
                                               *dims, threads=2),
-               "plain attention": ModelRunner(str(ensure_variant(plain_dir, variant, progress=False)),
+               "plain attention": ModelRunner(str(ensure_variant(plain_dir, plain_variant, progress=False)),
                                               *dims, threads=2)}
     times: dict[tuple[str, int], list[float]] = defaultdict(list)
     for _ in range(repeats):

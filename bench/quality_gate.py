@@ -1,7 +1,7 @@
 """Quality gate alone: each LM variant's task accuracy vs fp32, paired (no timing, so valid on a busy
 machine).
 
-    python -m bench.quality_gate --variants fp32,q4,q4-acc0,w8-rtn32,w8-kv8
+    python -m bench.quality_gate --variants fp32,q4,q4-acc0,w8-rtn32,w8-fa,w8-fa16,w8-kv8
     # writes bench/results/quality_gate.{json,md}
 
 The optimizer (`make optimize`) computes the same rows with its timings and picks by them.
@@ -21,7 +21,8 @@ from .common import machine, write
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default=f"fp32,q4,q4-acc0,{SERVED_VARIANT},w8-kv8")
+    ap.add_argument("--variants", default=",".join(dict.fromkeys(
+        ["fp32", "q4", "q4-acc0", "w8-rtn32", "w8-fa", SERVED_VARIANT, "w8-kv8"])))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     start = time.perf_counter()

@@ -46,6 +46,15 @@ def make_session(path: str, threads: int | None = None, spinning: bool = False,
     if park_after_run:
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.log_severity_level = 3
+    if device != "cuda":
+        # the "-fa" variants' attention (core/llm/kernels); registering costs nothing otherwise
+        from .kernels import library_path
+
+        library = library_path()
+        if library is not None:
+            # its threads: as many as the session's (read when the library registers)
+            os.environ["EFFSERVE_ATTENTION_THREADS"] = str(opts.intra_op_num_threads)
+            opts.register_custom_ops_library(str(library))
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix

@@ -208,3 +208,69 @@ def annotate_float_inputs(model: onnx.ModelProto, op_types: tuple[str, ...]) -> 
                         helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
                     known.add(name)
     return model
+
+
+FUSED_DOMAIN = "effserve"
+
+
+def fused_attention(model: onnx.ModelProto, half_kv: bool = False) -> onnx.ModelProto:
+    """Every GroupQueryAttention of an LM graph (core/build/llama.py) replaced by the project's
+    own attention kernel (core/llm/kernels/attention.c, op effserve.Attention), in place. That
+    kernel is batch-invariant by construction, so in the "query_lens" flavor the extra zero query
+    token and its length adjustments go; in the "padded" flavor (ONNX Runtime 1.31) the op takes
+    no query_lens and every row all S tokens, as GroupQueryAttention there. The graph's inputs and
+    outputs stay as they were: the engine runs it unchanged, its KV slots written in place the
+    same way. half_kv: the KV inputs and outputs in float16 (op effserve.AttentionHalfKV; the
+    engine allocates its slots in the graph's KV dtype)."""
+    graph = model.graph
+    query_lens_flavor = any(i.name == "query_lens" for i in graph.input)
+    produced = {out: node for node in graph.node for out in node.output}
+    rename: dict[str, str] = {}
+    drop = set()
+    attention_outputs = set()
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        qkv, seqlens_k, total_seq_len = node.input[0], node.input[5], node.input[6]
+        lengths = []
+        if query_lens_flavor:
+            concat = produced[qkv]  # Concat(qkv, zero token)
+            qkv = concat.input[0]
+            drop.add(id(concat))
+            for k in (5, 6, 16):  # seqlens_k + 1, total_seq_len + 1, query_lens + 1
+                add = produced[node.input[k]]
+                lengths.append(add.input[0])
+                drop.add(id(add))
+            seqlens_k, total_seq_len = lengths[:2]
+        inputs = [qkv, node.input[3], node.input[4], seqlens_k, total_seq_len, node.input[7],
+                  node.input[8], *lengths[2:]]
+        fused = helper.make_node("AttentionHalfKV" if half_kv else "Attention", inputs,
+                                 list(node.output), name=node.name, domain=FUSED_DOMAIN)
+        node.CopyFrom(fused)
+        attention_outputs.add(node.output[0])
+    for node in graph.node:  # the Slice that dropped the extra token's output
+        if node.op_type == "Slice" and node.input[0] in attention_outputs:
+            rename[node.output[0]] = node.input[0]
+            drop.add(id(node))
+    kept = [n for n in graph.node if id(n) not in drop]
+    for node in kept:
+        for k, name in enumerate(node.input):
+            node.input[k] = rename.get(name, name)
+    needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    changed = True
+    while changed:  # the zero token's chain, now unused
+        changed = False
+        for node in list(kept):
+            if not any(out in needed for out in node.output):
+                kept.remove(node)
+                changed = True
+        needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    del graph.node[:]
+    graph.node.extend(kept)
+    if half_kv:
+        for value in list(graph.input) + list(graph.output):
+            if value.name.startswith(("past_", "present_")):
+                value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    if not any(o.domain == FUSED_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
+    return model

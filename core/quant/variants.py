@@ -19,6 +19,7 @@ import onnx
 
 from .graph_edit import (
     float16_graph,
+    fused_attention,
     head_from_table,
     int8_kv_cache,
     padded_flavor,
@@ -79,6 +80,13 @@ def _int8_kv(src: Path, out: Path, progress: bool) -> None:
     save(int8_kv_cache(onnx.load(str(src)), k_max / 127, v_max / 127), out)
 
 
+def _fused_attention(half_kv: bool) -> Callable[[Path, Path, bool], None]:
+    def build(src: Path, out: Path, progress: bool) -> None:
+        # w8-rtn32 (src) with every GroupQueryAttention replaced by core/llm/kernels/attention.c
+        save(fused_attention(onnx.load(str(src)), half_kv=half_kv), out)
+    return build
+
+
 def _with(method: str, **kwargs) -> Callable[[Path, Path, bool], None]:
     def build(src: Path, out: Path, progress: bool) -> None:
         getattr(ModelQuantizer(src, "lm", progress), method)(out, **kwargs)
@@ -107,6 +115,11 @@ SPECS: dict[str, VariantSpec] = {s.name: s for s in [
                 build=_with("weight_only", bits=8, block_size=32)),
     VariantSpec("w8-kv8", 8, "w8-rtn32 with an int8 KV cache (static per-channel scales)", "w8-rtn32",
                 build=_int8_kv),
+    VariantSpec("w8-fa", 8, "w8-rtn32 with the project's attention kernel (core/llm/kernels): each "
+                "row's keys/values read once for its query heads, batch-invariant by construction",
+                "w8-rtn32", build=_fused_attention(half_kv=False)),
+    VariantSpec("w8-fa16", 8, "w8-fa with a float16 KV cache: half the KV bytes read per step",
+                "w8-rtn32", build=_fused_attention(half_kv=True)),
     VariantSpec("int4-rtn32", 4, "int4 weight-only MatMulNBits RTN block 32 asym, accuracy_level 4",
                 "fp32", build=_with("weight_only", bits=4, block_size=32)),
     VariantSpec("int4-rtn128", 4, "int4 weight-only MatMulNBits RTN block 128 asym, accuracy_level 4",
