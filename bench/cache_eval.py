@@ -17,7 +17,9 @@ Splits, all by topic (no topic in two splits):
   once in round 4 (ROUND4: missed), development data since.
 - test5: core/cache/data/pairs_test5/, written before any round-5 change; scored
   once in round 5 (ROUND5: missed), development data since.
-- test6: core/cache/data/pairs_test6/, written and committed before any round-6
+- test6: core/cache/data/pairs_test6/, written before any round-6 change; scored
+  once in round 6 (ROUND6: missed), development data since.
+- test7: core/cache/data/pairs_test7/, written and committed before any round-7
   change and without looking at a score; scored once at the chosen setting.
 
 Decision rules: cosine alone, cosine + guard (by cosine threshold), and
@@ -37,10 +39,12 @@ leave-one-split-out (the whole procedure, fit and threshold, on the other
 development splits, scored on the one left out) keeps the pooled false-hit upper
 bound <= MAX_LOSO_UB. Round 3 chose at 1 % on the pooled development splits
 and its held-out rate was six times the development rate; the calibration asks
-the bound to hold on topics the choice has not seen, before test6 is looked at.
+the bound to hold on topics the choice has not seen, before the held-out set is looked at.
 Rounds 4 and 5 met 1 % in leave-one-split-out and still missed it on the held-out
 set (about four times the rate: each new set brings near misses of kinds the
-older ones hold few of), so MAX_LOSO_UB is half the target.
+older ones hold few of), so MAX_LOSO_UB was half the target in round 6; round 6's held-out rate
+was five times its leave-one-split-out rate again (6/571 against 7/3401), so from round 7 on
+MAX_LOSO_UB is a fifth of the target (set before test7 was scored, from rounds 4-6 only).
 The served defaults (core/cache/config.py, core/cache/align.py) must equal the
 choice (tests/cache/test_cache_eval.py).
 Writes bench/results/cache_eval.{json,md}.
@@ -78,17 +82,18 @@ TEST2_DIR = ROOT / "core" / "cache" / "data" / "pairs_test2"
 TEST3_DIR = ROOT / "core" / "cache" / "data" / "pairs_test3"
 TEST5_DIR = ROOT / "core" / "cache" / "data" / "pairs_test5"
 TEST6_DIR = ROOT / "core" / "cache" / "data" / "pairs_test6"
+TEST7_DIR = ROOT / "core" / "cache" / "data" / "pairs_test7"
 # The earlier sets (the guard was first written against the first): scored at the chosen
 # setting for comparison, never used to choose; their topics overlap every split.
 LEGACY = [ROOT / "core" / "cache" / "data" / "semantic_pairs.jsonl",
           ROOT / "core" / "cache" / "data" / "semantic_pairs_holdout.jsonl"]
-SPLITS = ("tune", "dev", "test1", "test", "test2", "test3", "test5", "test6")
+SPLITS = ("tune", "dev", "test1", "test", "test2", "test3", "test5", "test6", "test7")
 # the choice is made on these, pooled
-DEVELOPMENT = ("tune", "dev", "test1", "test", "test2", "test3", "test5")
-HELD_OUT = "test6"
+DEVELOPMENT = ("tune", "dev", "test1", "test", "test2", "test3", "test5", "test6")
+HELD_OUT = "test7"
 # The sets written after core/cache/data/pairs, each its own split (by topic).
 EXTRA_SETS = {"test": TEST_DIR, "test2": TEST2_DIR, "test3": TEST3_DIR, "test5": TEST5_DIR,
-              "test6": TEST6_DIR}
+              "test6": TEST6_DIR, "test7": TEST7_DIR}
 # Shares of core/cache/data/pairs (test1 has half: with ~560 near misses one false hit
 # still bounds the rate under 1 %); the test split is core/cache/data/pairs_test.
 SPLIT_SHARES = {"tune": 0.30, "dev": 0.20, "test1": 0.50}
@@ -111,9 +116,13 @@ ROUND4 = {"threshold": 2.0, "test3": {"recall": 0.548, "true_hits": 213, "paraph
 # align at logit 3.0; test5 scored once. Kept as it was measured.
 ROUND5 = {"threshold": 3.0, "test5": {"recall": 0.624, "true_hits": 229, "paraphrases": 367,
                                       "false_hits": 16, "near_misses": 599, "ub": 0.0403}}
+# Round 6 (commit 2a77acc): chosen on tune+dev+test1+test+test2+test3+test5,
+# cosine >= 0.80 + guard + slot refusals + align at logit 3.25; test6 scored once. Kept as it was measured.
+ROUND6 = {"threshold": 3.25, "test6": {"recall": 0.610, "true_hits": 219, "paraphrases": 359,
+                                       "false_hits": 6, "near_misses": 571, "ub": 0.0206}}
 CONFIDENCE = 0.95
 MAX_FALSE_HIT_UB = 0.01  # the target, on the held-out split
-MAX_LOSO_UB = 0.005  # what leave-one-split-out must show for the choice (see the docstring)
+MAX_LOSO_UB = 0.002  # what leave-one-split-out must show for the choice (see the docstring)
 # Bounds the choice may use on the pooled development splits, least strict first: calibrate()
 # takes the first whose leave-one-split-out result stays within MAX_FALSE_HIT_UB.
 CHOICE_UB_GRID = (0.01, 0.0075, 0.005, 0.004, 0.003, 0.0025, 0.002, 0.0015, 0.001)
@@ -158,7 +167,8 @@ def load_legacy(path: Path) -> list[Pair]:
 
 
 def assign_splits(pairs: list[Pair], test: list[Pair] = (), test2: list[Pair] = (),
-                  test3: list[Pair] = (), test5: list[Pair] = (), test6: list[Pair] = ()) -> dict[str, str]:
+                  test3: list[Pair] = (), test5: list[Pair] = (), test6: list[Pair] = (),
+                  test7: list[Pair] = ()) -> dict[str, str]:
     """topic -> split. Development topics in a fixed pseudo-random order (sha256 of the name),
     cut by share of pairs: the assignment depends on the topic names and sizes only, never on
     scores. Every topic of ``test`` goes to the test split, of ``test2`` to test2, and so on."""
@@ -172,7 +182,7 @@ def assign_splits(pairs: list[Pair], test: list[Pair] = (), test2: list[Pair] = 
         out[topic] = list(SPLIT_SHARES)[int(np.searchsorted(bounds, share, side="right"))]
         done += sizes[topic]
     for name, extra in (("test", test), ("test2", test2), ("test3", test3), ("test5", test5),
-                        ("test6", test6)):
+                        ("test6", test6), ("test7", test7)):
         for p in extra:
             if out.get(p.topic, name) != name:
                 raise ValueError(f"topic {p.topic!r} is in another split and in the {name} set")
@@ -240,6 +250,8 @@ class Evaluation:
         self.verdicts, self.guard_us = _guard_verdicts(pairs)
         self.guard_ok = np.array([ok for ok, _ in self.verdicts])
         self.guard_soft = np.array([not ok and guard.soft(reason) for ok, reason in self.verdicts])
+        self.guard_yields = np.array([not ok and guard.yields_to_trivial(reason)
+                                      for ok, reason in self.verdicts])
         tokens = [tv for start in range(0, len(texts), 64)
                   for tv in embedder.embed_tokens(texts[start:start + 64])]
         start = time.perf_counter()
@@ -268,9 +280,10 @@ class Evaluation:
 
     def trivial_path(self) -> np.ndarray:
         """Pairs accepted without the model (align.accepts): a trivial edit at cosine >=
-        TRIVIAL_MIN_COSINE that the guard passes (or refuses softly), no swap, no slot refusal."""
-        return (self.trivial & (self.cos >= align.TRIVIAL_MIN_COSINE) & (self.guard_ok | self.guard_soft)
-                & ~self.swapped & ~self.refused)
+        TRIVIAL_MIN_COSINE that the guard passes (or refuses softly, or for an entity:
+        guard.yields_to_trivial), no swap, no slot refusal."""
+        return (self.trivial & (self.cos >= align.TRIVIAL_MIN_COSINE)
+                & (self.guard_ok | self.guard_soft | self.guard_yields) & ~self.swapped & ~self.refused)
 
     def logits(self, weights: tuple[float, ...]) -> np.ndarray:
         """The model's logit of each candidate, +inf on the trivial path, -inf for the rest."""
@@ -382,7 +395,8 @@ def score_legacy(pairs: list[Pair], embedder, rule: str, threshold: float,
     verdicts = [guard.check(p.b, p.a) for p in pairs]
     ok = np.array([g for g, _ in verdicts])
     if rule == ALIGN_RULE:
-        hit = np.array([(g or guard.soft(reason))
+        hit = np.array([(g or guard.soft(reason)
+                         or (guard.yields_to_trivial(reason) and slots.trivial_edit(p.b, p.a)))
                         and align.accepts(c, g, tokens[index[p.b]], tokens[index[p.a]], weights, threshold,
                                           texts=(p.b, p.a))
                         for p, c, (g, reason) in zip(pairs, cos, verdicts, strict=True)])
@@ -463,6 +477,7 @@ def report(ev: Evaluation) -> dict:
         "round3": ROUND3,
         "round4": ROUND4,
         "round5": ROUND5,
+        "round6": ROUND6,
         "guard_us_per_pair": ev.guard_us,
         "align_us_per_pair": ev.align_us,
         "align": {"min_cosine": align.MIN_COSINE, "trivial_min_cosine": align.TRIVIAL_MIN_COSINE,
@@ -518,7 +533,8 @@ def markdown(rep: dict) -> str:
                      f" {v['near_misses']} |")
     r1, r2, r3, r4, rule = rep["round1"], rep["round2"], rep["round3"], rep["round4"], rep["rule"]
     t3, r5 = r4["test3"], rep["round5"]
-    t5 = r5["test5"]
+    t5, r6 = r5["test5"], rep["round6"]
+    t6 = r6["test6"]
     lines += ["", f"Round 1 (earlier guard): chosen on tune+dev, cosine >= {r1['threshold']} + guard"
               f" ({r1['tune+dev']['recall']:.1%} recall, {r1['tune+dev']['false_hits']}/"
               f"{r1['tune+dev']['near_misses']} false hits, UB {r1['tune+dev']['ub']:.2%}); test1, then held"
@@ -539,13 +555,17 @@ def markdown(rep: dict) -> str:
               f" chosen on tune+dev+test1+test+test2+test3, logit >= {r5['threshold']}) scored test5 once:"
               f" {t5['recall']:.1%} recall ({t5['true_hits']}/{t5['paraphrases']}),"
               f" {t5['false_hits']}/{t5['near_misses']} false hits, UB {t5['ub']:.2%}: missed; test5 became"
-              " development data. Round 6 (core/cache/slots.py's refusals) scores test6, written and"
-              " committed before any round-6 change.", "",
+              " development data. Round 6 (core/cache/slots.py's refusals, trivial edits, chosen on"
+              f" tune+dev+test1+test+test2+test3+test5, logit >= {r6['threshold']}) scored test6 once:"
+              f" {t6['recall']:.1%} recall ({t6['true_hits']}/{t6['paraphrases']}),"
+              f" {t6['false_hits']}/{t6['near_misses']} false hits, UB {t6['ub']:.2%}: missed; test6 became"
+              " development data. Round 7 scores test7, written and committed before any round-7"
+              " change.", "",
               f"Rule: highest recall on {'+'.join(rule['chosen_on'])} (pooled) with the false-hit"
               f" {rule['bound']} ({rule['confidence']:.0%}) <= {rule['choice_ub']:.2%}: the least strict"
               " development bound whose leave-one-split-out result keeps the UB <="
-              f" {rule['max_loso_ub']:.1%} (half the target: held-out rates have run above"
-              " leave-one-split-out ones)"
+              f" {rule['max_loso_ub']:.1%} (a fifth of the target: held-out rates have run four to five"
+              " times the leave-one-split-out ones)"
               " (" + "; ".join(f"{c['bound']:.2%}: {_fmt(c)}" for c in rule["calibration"]) + ")."
               f" {rule['held_out']} is scored once, at the chosen setting.", "",
               f"Second stage: candidates with cosine >= {al['min_cosine']} that pass the guard, are no"

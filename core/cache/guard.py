@@ -662,6 +662,18 @@ def soft(reason: str) -> bool:
     return reason.startswith(SOFT_REASONS)
 
 
+# Refusals that a trivial edit (slots.trivial_edit: typos, casing, framing, context sentences
+# before the same question) overrules: a name mistyped ("independance") or named in a context
+# sentence ("I'm planning a trip across Scandinavia. What is the longest river in Norway?") is
+# no other entity. On the development pairs no near miss is both (bench/cache_eval.py).
+TRIVIAL_REASONS: tuple[str, ...] = ("entities differ",)
+
+
+def yields_to_trivial(reason: str) -> bool:
+    """Is this refusal one a trivial edit overrules?"""
+    return reason.startswith(TRIVIAL_REASONS)
+
+
 def _case_flip(a: str, b: str) -> tuple[str, str] | None:
     """A word of ``a`` and one of ``b`` equal but for letter case, other than lower vs
     capitalised, both prompts mixing cases (see the module docstring)."""

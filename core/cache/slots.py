@@ -25,6 +25,14 @@ downward-entailing words), not over words taken from pairs:
 - letter_case: a one-letter capital word inside a sentence ("the letter A") lower-case in the other
   prompt; guard._case_flip leaves capitalisation alone since a capital may start a sentence.
 
+refusal() then asks core/cache/roles.py (round 7: roles reversed without a direction word).
+
+trivial_edit (round 6, widened in round 7) finds the same question in other words: typos,
+inflection, framing, context sentences, and (round 7) a phrase moved from the start to the end,
+runs exchanged around a symmetric connective, a number in digits or words, an imperative frame
+for an open question word ("Explain X." / "What is X?") and definition frames ("What does X
+mean?" / "What is X?").
+
 Thresholds are chosen on the development pairs only (bench/cache_eval.py); every refusal is
 final (a false refusal costs a cache miss, a false hit a wrong answer).
 """
@@ -36,7 +44,7 @@ import re
 from collections import Counter
 from functools import lru_cache
 
-from core.cache import lexicon
+from core.cache import lexicon, roles
 from core.cache.guard import _root, _typo
 from core.cache.tokens import TokenVectors, content_positions
 
@@ -50,6 +58,7 @@ _DIRECTION = lexicon.PARTICLES | lexicon.DIRECTION_MARKERS
 _FUNCTION = lexicon.STOPWORDS | lexicon.FILLER
 MAX_FLIP_WORDS = 3  # a direction flip changes a few words in a place
 MAX_FLIP_RUNS = 3
+MAX_FRONTED = 6  # words of a phrase moved from the start to the end (trivial_edit)
 _WORD = re.compile(r"[a-z0-9]+")
 _FREE = re.compile(r"[a-z]-(?:free|less)\b|\b[a-z]+ free\b")  # sulfate-free, sugarless, gluten free
 _PREVENT = re.compile(r"\b(?:keep|stop|prevent)\b(?: [a-z']+){1,3} from [a-z]+ing\b")
@@ -162,10 +171,18 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 def _same_word(x: str, y: str) -> bool:
     """One word inflected, mistyped (guard._typo: no substitutions, so "affect" / "effect" stay
     apart) or a listed synonym."""
-    return x == y or _root(x) == _root(y) or _typo(x, y) or bool(
+    return x == y or _root(x) == _root(y) or _typo(x, y) or _number(x) == _number(y) is not None or bool(
         lexicon.SYNONYM_INDEX.get(x, set()) & lexicon.SYNONYM_INDEX.get(y, set()))
 
 
+def _number(word: str) -> float | None:
+    """A number written in digits or as one word ("3" / "three")."""
+    if word in lexicon.NUMBER_WORDS:
+        return float(lexicon.NUMBER_WORDS[word])
+    return float(word) if word.isdigit() else None
+
+
+@lru_cache(maxsize=4096)  # align.accepts asks once for the path and once for the feature
 def trivial_edit(a: str, b: str) -> bool:
     """Every differing run of words is function words or framing, words replaced one for one by
     the same word inflected, mistyped or a synonym, or words split or joined ("bow string" /
@@ -173,29 +190,91 @@ def trivial_edit(a: str, b: str) -> bool:
     pieces that look like a change. Symmetric: difflib's alignment is not, so either way round.
     Sentences of context before the question count as no change ("I'm baking tonight. What can
     I use instead of eggs?" / "What can I use instead of eggs?"): the last sentence must be it."""
-    wa, wb = _words(a), _words(b)
-    if _trivial(wa, wb) or _trivial(wb, wa):
+    wa, wb = _spelled(a), _spelled(b)
+    if _trivial(wa, wb) or _trivial(wb, wa) or roles.exchanged_symmetrically(a, b):
         return True
+    da, db = _defined(wa), _defined(wb)
+    if da and db and (_trivial(da, db) or _trivial(db, da)):  # "What is X?" / "What does X mean?"
+        return True
+    for fronted, other in ((a, b), (b, a)):  # "For a beginner, which X?" / "Which X for a beginner?"
+        head, comma, rest = fronted.partition(", ")
+        if not comma or len(_spelled(head)) > MAX_FRONTED:
+            continue
+        moved = _spelled(rest) + _spelled(head)
+        if _trivial(moved, _spelled(other)) or _trivial(_spelled(other), moved):
+            return True
     for longer, shorter in ((a, b), (b, a)):
         sentences = _SENTENCE_END.split(longer.strip())
         if len(sentences) > 1 and len(_SENTENCE_END.split(shorter.strip())) == 1:
-            last, other = _words(sentences[-1]), _words(shorter)
+            last, other = _spelled(sentences[-1]), _spelled(shorter)
             if _trivial(last, other) or _trivial(other, last):
                 return True
     return False
 
 
-def _words(text: str) -> list[str]:
-    """Lower-cased words, contractions spelled out (lexicon.CONTRACTIONS)."""
-    return [w for word in _WORD_APOS.findall(text.lower())
-            for w in lexicon.CONTRACTIONS.get(word, (word,))]
+# Not _words above: redefining that name made the slot checks read "wasn't" as one word that
+# is no negation (a polarity refused "Why wasn't X profitable?" / "Why was X not profitable?").
+@lru_cache(maxsize=4096)
+def _spelled(text: str) -> tuple[str, ...]:
+    """Lower-cased words, contractions spelled out (lexicon.CONTRACTIONS), and "how do I", "how
+    can you", ... written "how to": the asker's modal and pronoun frame one question."""
+    words = [w for word in _WORD_APOS.findall(text.lower()) for w in lexicon.CONTRACTIONS.get(word, (word,))]
+    out, i = [], 0
+    while i < len(words):
+        out.append(words[i])
+        if words[i] == "how" and words[i + 1:i + 2] and words[i + 1] in _HOW_MODAL \
+                and words[i + 2:i + 3] and words[i + 2] in _ASKER:
+            out.append("to")
+            i += 3
+            continue
+        i += 1
+    return tuple(out)
 
 
-def _trivial(wa: list[str], wb: list[str]) -> bool:
+_HOW_MODAL = frozenset("do can should would could".split())
+_ASKER = frozenset("i you we one".split())
+# An imperative frame at the start asks what an open question word asks ("Explain X." / "What is
+# X?", "List the Great Lakes." / "What are the Great Lakes?"); not "how many", "when", "why".
+_OPEN_QUESTION = frozenset({"what", "which"})
+_IMPERATIVE = (lexicon.FRAMING_VERBS | {"explain", "describe", "define", "name", "summarize", "summarise",
+                                        "calculate", "compute", "find"}) - lexicon.CONTRAST_TERMS
+_BE = frozenset("is are was were".split())
+_DEFINING = frozenset("meaning definition".split())
+
+
+def _defined(words: tuple[str, ...]) -> tuple[str, ...] | None:
+    """What a definition question asks about: "What is X?", "What does X mean?", "What is the
+    meaning of X?", "Define X." all ask what X is."""
+    if len(words) >= 2 and words[0] == "define":
+        return words[1:]
+    if len(words) < 3 or words[0] != "what":
+        return None
+    if words[1] in ("does", "do") and words[-1] == "mean":
+        return words[2:-1]
+    if words[1] in _BE:
+        rest = words[2:]
+        if len(rest) >= 3 and rest[0] == "the" and rest[1] in _DEFINING and rest[2] == "of":
+            return rest[3:]
+        return rest
+    return None
+
+
+def _framed(side_a: tuple[str, ...], side_b: tuple[str, ...]) -> bool:
+    """One side an imperative frame, the other an open question word and function words."""
+    for x, y in ((side_a, side_b), (side_b, side_a)):
+        if (x and any(w in _IMPERATIVE for w in x) and all(w in _FRAMING or w in _IMPERATIVE for w in x)
+                and y and y[0] in _OPEN_QUESTION and all(w in _TRIVIAL for w in y[1:])):
+            return True
+    return False
+
+
+def _trivial(wa: tuple[str, ...], wb: tuple[str, ...]) -> bool:
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=wa, b=wb, autojunk=False).get_opcodes():
         side_a, side_b = wa[i1:i2], wb[j1:j2]
         trivial = _FRAMING if i1 == 0 or j1 == 0 else _TRIVIAL
         if op == "equal" or all(w in trivial for w in side_a + side_b) or "".join(side_a) == "".join(side_b):
+            continue
+        if (i1 == 0 or j1 == 0) and _framed(side_a, side_b):
             continue
         pairs = zip(side_a, side_b, strict=False)
         if op == "replace" and len(side_a) == len(side_b) and all(
@@ -221,4 +300,4 @@ def refusal(a: str, b: str, ta: TokenVectors, tb: TokenVectors) -> str | None:
         return "negated by a prefix"
     if letter_case(a, b):
         return "letter case differs"
-    return None
+    return roles.refusal(a, b)

@@ -36,7 +36,7 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from core.cache import align, guard
+from core.cache import align, guard, slots
 from core.cache.calls import CallRunner, StoreError, StoreTimeout, StoreUnavailable
 from core.cache.config import CacheConfig
 from core.cache.keys import RequestKeys
@@ -238,8 +238,10 @@ class CacheStore:
             ok = True
             if self.config.guard:
                 ok, reason = guard.check(prompt, stored_prompt)
-                # a soft refusal (one word replaced) is the second stage's to decide
-                if not ok and not (self._rescoring and guard.soft(reason)):
+                # a soft refusal (one word replaced) is the second stage's to decide, an entity
+                # refusal a trivial edit's (a mistyped name, a context sentence naming one)
+                if not ok and not (self._rescoring and (guard.soft(reason) or (
+                        guard.yields_to_trivial(reason) and slots.trivial_edit(prompt, stored_prompt)))):
                     rejects += 1
                     log.debug(
                         "guard rejected %.3f match %r ~ %r: %s", similarity, prompt, stored_prompt, reason

@@ -37,8 +37,14 @@ def test_alignment_is_symmetric():
     assert align.alignment(STORED, other) == pytest.approx(align.alignment(other, STORED))
 
 
+TEXT = "Tell my boss about my coworker?"
+
+
 def test_accepts_needs_the_cosine_floor_and_weighs_the_guards_soft_refusal():
-    assert align.accepts(0.999, True, STORED, STORED)
+    # the store always passes the texts: the same prompt is a trivial edit, and the model's
+    # logit, which reads that feature, accepts it too
+    assert align.accepts(0.999, True, STORED, STORED, texts=(TEXT, TEXT))
+    assert align.logit(align.features(0.999, True, STORED, STORED, (TEXT, TEXT))) >= align.THRESHOLD
     assert not align.accepts(align.MIN_COSINE - 0.01, True, STORED, STORED)
     # guard_ok False (a soft refusal: callers never pass a hard one) is a feature, not a veto
     assert align.WEIGHTS[align.FEATURES.index("guard_ok")] > 0
@@ -59,10 +65,13 @@ def test_same_words_moved_or_swapped():
     less likely the lower the cosine); two terms swapped are refused outright."""
     moved = tokens(["about", "coworker", "tell", "boss"], [2, 3, 0, 1])
     swapped = tokens(["tell", "coworker", "about", "boss"], [0, 3, 2, 1])
-    assert align.accepts(0.999, True, STORED, moved)
+    texts = (TEXT, "About my coworker, tell my boss?")  # a phrase moved to the start: trivial
+    assert align.accepts(0.999, True, STORED, moved, texts=texts)
+    assert align.logit(align.features(0.999, True, STORED, moved, texts)) >= align.THRESHOLD
     assert align.logit(align.features(0.9, True, STORED, moved)) < align.logit(
         align.features(0.999, True, STORED, moved))
     assert not align.accepts(0.999, True, STORED, swapped)
+    assert not align.accepts(0.999, True, STORED, swapped, texts=(TEXT, "Tell my coworker about my boss?"))
 
 
 def test_logit_is_the_weighted_sum():

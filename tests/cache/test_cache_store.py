@@ -16,7 +16,7 @@ import pytest
 from cache_vectors import near, unit
 from pydantic import ValidationError
 
-from core.cache import align, keys
+from core.cache import align, guard, keys
 from core.cache.align import TokenVectors
 from core.cache.config import CacheConfig
 from core.cache.store import CacheHit, CacheStore, LookupMode, StoreLocked
@@ -581,3 +581,27 @@ def test_a_mistyped_prompt_is_a_hit_below_the_threshold(make_store):
     assert lookup(store, request(other), far) is None
     # under TRIVIAL_MIN_COSINE even a trivial edit is no candidate
     assert lookup(store, request(typo), near(v, 3, distance=1.6)) is None
+
+
+def test_a_context_sentence_naming_an_entity_is_a_trivial_edit_past_the_guard(make_store):
+    """The guard refuses a context sentence that names a country (entities differ); the trivial
+    edit overrules that refusal (guard.yields_to_trivial), and only that one: another country in
+    the question stays refused."""
+    stored = "What is the longest river in Spain?"
+    context = "We're driving through Portugal in May. What is the longest river in Spain?"
+    other = "We're driving through Portugal in May. What is the longest river in Portugal?"
+    words = ["what", "is", "the", "longest", "river", "in", "spain"]
+    encoder = _fake_encoder({
+        stored: _tokens(words, [0, 1, 2, 3, 4, 5, 6]),
+        context: _tokens(["we", "driving", "portugal", "may", *words], [7, 7, 7, 7, 0, 1, 2, 3, 4, 5, 6]),
+        other: _tokens(["we", "driving", "portugal", "may", *words[:-1], "portugal"],
+                       [7, 7, 7, 7, 0, 1, 2, 3, 4, 5, 7]),
+    })
+    store = make_store(token_encoder=encoder, threshold=0.85)
+    v = unit(1)
+    put(store, request(stored), v)
+    close = near(v, 2, distance=0.3)
+    assert not guard.check(context, stored)[0]
+    hit = lookup(store, request(context), close)
+    assert hit is not None and hit.prompt == stored
+    assert lookup(store, request(other), close) is None
