@@ -179,3 +179,46 @@ def test_without_query_lens_every_row_takes_all_new_tokens():
     assert np.array_equal(padded[0], exact[0]) and np.array_equal(padded[1, :2], exact[1, :2])
     assert np.array_equal(k1[1, :, :lens[1] + 2], k2[1, :, :lens[1] + 2])
     assert not np.array_equal(k1[1, :, lens[1] + 2], k2[1, :, lens[1] + 2])  # padding appended too
+
+
+POOL_SCRIPT = """
+import gc, os, sys
+import numpy as np
+from tests.test_attention_kernel import KV, D, W, run_bound, session
+rng = np.random.default_rng(0)
+
+def step(i):
+    sess = session(i % 2 == 1)
+    dtype = np.float16 if i % 2 else np.float32
+    keys = rng.standard_normal((16, KV, 300, D)).astype(dtype)
+    run_bound(sess, rng.standard_normal((16, 1, W)).astype(np.float32), keys, keys.copy(),
+              np.full(16, 250), np.ones(16, np.int64))
+
+for i in range(6):  # sessions come and go: the library and its sleeping workers stay
+    step(i)
+    gc.collect()
+assert any("libeffattn" in line for line in open("/proc/self/maps"))
+pid = os.fork()
+if pid == 0:  # a forked child has no workers: the pool starts over
+    step(0)
+    os._exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+step(1)
+print("ok")
+"""
+
+
+def test_the_thread_pool_survives_sessions_and_forks():
+    """ONNX Runtime unloads a custom-op library with its last session (the library is linked
+    -z nodelete so the pool's sleeping workers keep their code), and a forked child must not wait
+    for workers it does not have: either would hang a run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "EFFSERVE_ATTENTION_THREADS": "2",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", POOL_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -20,7 +20,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("attention.c")
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-fvisibility=hidden"]
+# -z nodelete: ONNX Runtime unloads a custom-op library with the last session that registered it;
+# the kernel's worker threads (sleeping on its condition variables) must never outlive its code.
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-fvisibility=hidden", "-Wl,-z,nodelete"]
 
 
 def cache_dir() -> Path:

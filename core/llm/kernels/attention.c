@@ -443,6 +443,15 @@ static void *pool_worker(void *arg) {
     return NULL;
 }
 
+/* A forked child has none of the workers: start over (the mutex may have been held at the fork). */
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool_mu, NULL);
+    pthread_cond_init(&pool_go, NULL);
+    pthread_cond_init(&pool_done, NULL);
+    pool_started = pool_busy = 0;
+    atomic_store(&pool_taken, 0);
+}
+
 static void run_parallel(const Call *c, long items, int64_t work) {
     Work w = {c, 0, items};
     /* under ~64k multiply-adds per thread waking a helper costs more than it saves */
@@ -575,6 +584,8 @@ __attribute__((visibility("default"))) OrtStatus *RegisterCustomOps(OrtSessionOp
                                                                     const OrtApiBase *base) {
     api = base->GetApi(API_VERSION);
     if (!api) return NULL;
+    static atomic_int fork_handler;
+    if (!atomic_exchange(&fork_handler, 1)) pthread_atfork(NULL, NULL, pool_after_fork);
     const char *threads = getenv("EFFSERVE_ATTENTION_THREADS");
     if (threads && atoi(threads) > 0) pool_threads = atoi(threads) < MAX_THREADS ? atoi(threads) : MAX_THREADS;
     /* the table is what this file expects: a status made here reads back its message */
