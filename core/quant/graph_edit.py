@@ -115,6 +115,36 @@ def head_from_table(model: onnx.ModelProto, node_name: str = "lm_head", table: s
     return model
 
 
+def _drop_and_prune(graph: onnx.GraphProto, drop: set[int], rename: dict[str, str]) -> None:
+    """Remove the nodes whose id() is in `drop`, read each renamed value (chains followed) from
+    what replaces it, then remove every node that no longer feeds a graph output (what only fed
+    the dropped ones: the zero token's chain, the length Adds)."""
+    kept = [n for n in graph.node if id(n) not in drop]
+    for node in kept:
+        for k, name in enumerate(node.input):
+            while name in rename:
+                name = rename[name]
+            node.input[k] = name
+    needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    changed = True
+    while changed:
+        changed = False
+        for node in list(kept):
+            if not any(out in needed for out in node.output):
+                kept.remove(node)
+                changed = True
+        needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _kv_float16(graph: onnx.GraphProto) -> None:
+    """The KV inputs and outputs (past_*, present_*) typed float16."""
+    for value in list(graph.input) + list(graph.output):
+        if value.name.startswith(("past_", "present_")):
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+
+
 def padded_flavor(model: onnx.ModelProto) -> onnx.ModelProto:
     """The "padded" flavor of a "query_lens" LM graph (core/build/llama.py), in place: the extra
     attention token, its length adjustments and the query_lens input go; each GroupQueryAttention
@@ -142,24 +172,7 @@ def padded_flavor(model: onnx.ModelProto) -> onnx.ModelProto:
                                                            if n.op_type == "GroupQueryAttention"}:
             rename[node.output[0]] = node.input[0]
             drop.add(id(node))
-    kept = [n for n in graph.node if id(n) not in drop]
-    for node in kept:
-        for k, name in enumerate(node.input):
-            while name in rename:
-                name = rename[name]
-            node.input[k] = name
-    # what only fed the dropped nodes: the zero token's chain and query_lens's Add
-    needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
-    changed = True
-    while changed:
-        changed = False
-        for node in list(kept):
-            if not any(out in needed for out in node.output):
-                kept.remove(node)
-                changed = True
-        needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
-    del graph.node[:]
-    graph.node.extend(kept)
+    _drop_and_prune(graph, drop, rename)
     inputs = [i for i in graph.input if i.name != "query_lens"]
     del graph.input[:]
     graph.input.extend(inputs)
@@ -179,9 +192,7 @@ def float16_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         if t.data_type == onnx.TensorProto.FLOAT:
             graph.initializer[i].CopyFrom(numpy_helper.from_array(
                 numpy_helper.to_array(t).astype(np.float16), t.name))
-    for value in list(graph.input) + list(graph.output):
-        if value.name.startswith(("past_", "present_")):
-            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    _kv_float16(graph)
     (logits,) = [o for o in graph.output if o.name == "logits"]
     (producer,) = [n for n in graph.node if "logits" in n.output]
     producer.output[list(producer.output).index("logits")] = "logits_fp16"
@@ -252,25 +263,9 @@ def fused_attention(model: onnx.ModelProto, half_kv: bool = False) -> onnx.Model
         if node.op_type == "Slice" and node.input[0] in attention_outputs:
             rename[node.output[0]] = node.input[0]
             drop.add(id(node))
-    kept = [n for n in graph.node if id(n) not in drop]
-    for node in kept:
-        for k, name in enumerate(node.input):
-            node.input[k] = rename.get(name, name)
-    needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
-    changed = True
-    while changed:  # the zero token's chain, now unused
-        changed = False
-        for node in list(kept):
-            if not any(out in needed for out in node.output):
-                kept.remove(node)
-                changed = True
-        needed = {name for node in kept for name in node.input} | {o.name for o in graph.output}
-    del graph.node[:]
-    graph.node.extend(kept)
+    _drop_and_prune(graph, drop, rename)
     if half_kv:
-        for value in list(graph.input) + list(graph.output):
-            if value.name.startswith(("past_", "present_")):
-                value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+        _kv_float16(graph)
     if not any(o.domain == FUSED_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
     return model
