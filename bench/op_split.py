@@ -29,7 +29,7 @@ from .peer import served_args
 SHAPES = [("decode", 1, 128), ("decode", 16, 128), ("decode", 1, 256), ("decode", 16, 256),
           ("prefill 128", 1, 0)]
 GROUPS = {"GroupQueryAttention": "attention", "Attention": "attention", "AttentionHalfKV": "attention",
-          "MatMulNBits": "int8/4-bit matmuls",
+          "MatMulNBits": "int8/4-bit matmuls", "MatMulW8": "int8/4-bit matmuls",
           "MatMul": "float matmuls", "Gemm": "float matmuls"}
 
 

@@ -28,7 +28,7 @@ from core.llm.speculative import SpecStats
 from core.llm.textgen import TextGenerator
 
 from .draft import DraftClient
-from .models import built_variant_dir
+from .models import built_variant_dir, runnable_variant
 
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
 
@@ -162,6 +162,7 @@ class LLMDeployment:
         # "within_run", or two sessions alternating in one process: spin within a run, park after.
         park = local_draft or spinning == "within_run"
         spinning = bool(spinning)
+        variant = runnable_variant(variant, device)
         generator = TextGenerator(built_variant_dir(variant), variant, threads=threads,
                                   spinning=spinning, device=device, park_after_run=park)
         draft = None

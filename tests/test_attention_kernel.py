@@ -217,7 +217,7 @@ def test_the_thread_pool_survives_sessions_and_forks():
     import sys
     from pathlib import Path
 
-    env = {**os.environ, "EFFSERVE_ATTENTION_THREADS": "2",
+    env = {**os.environ, "EFFSERVE_KERNEL_THREADS": "2",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, "-c", POOL_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=120)

@@ -80,7 +80,7 @@ def test_each_variant_builds_loads_and_generates(tiny_dir, name):
     dtypes = {t.data_type for t in model.graph.initializer}
     expected = {"fp32": "MatMul", "int8-dyn": "DynamicQuantizeLinear",
                 "int8-dyn-pc": "DynamicQuantizeLinear", "int8-qdq": "QuantizeLinear",
-                "w8-fa": "Attention", "w8-fa16": "AttentionHalfKV"}
+                "w8-fa": "Attention", "w8-fa16": "AttentionHalfKV", "w8-own": "MatMulW8"}
     if name == "fp16":
         assert onnx.TensorProto.FLOAT16 in dtypes and "MatMulNBits" not in ops
     else:

@@ -30,10 +30,11 @@ LLM_VARIANTS = ("fp32", "q4")
 # Served by default on CPU (configs/local.yaml, AppArgs): the optimizer's pick here. 8-bit RTN of
 # the dequantized GGUF weights, int8 activations: b=1 as fast as q4, ~15% faster decode at 16
 # rows and ~1.3x faster prefill (MatMulNBits' 8-bit kernels), perplexity x1.0011 of fp32 (q4:
-# x1.0028). Built from fp32 in ~4 s by `python -m core.build`. Served as w8-fa16: those weights
-# with the project's attention kernel (core/llm/kernels/attention.c) and a float16 KV cache,
-# 0.65-0.75x the decode step at 16 rows (bench/results/op_split.md).
-SERVED_VARIANT = "w8-fa16"
+# x1.0028). Built from fp32 in ~4 s by `python -m core.build`. Served as w8-own: those weights
+# with the project's kernels (core/llm/kernels: attention, float16 KV cache, int8 matmul), the
+# decode step at 16 rows 0.57-0.68x and prefill 0.50x of w8-fa16's, which has ORT's matmul
+# (bench/results/op_split.md).
+SERVED_VARIANT = "w8-own"
 Progress = Callable[[str], None]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import onnxruntime as ort
 
@@ -22,6 +23,17 @@ def providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def uses_own_matmul(path: str | Path) -> bool:
+    """Whether the graph runs the project's matmul (core/llm/kernels/matmul.c). onnx.save writes
+    a graph's nodes before its weights, so the op's name shows in the file's first bytes (parsing
+    the whole 270 MB protobuf to ask would take ~1 s)."""
+    try:
+        with open(path, "rb") as f:
+            return b"MatMulW8" in f.read(4 << 20)
+    except OSError:
+        return False
+
+
 def make_session(path: str, threads: int | None = None, spinning: bool = False,
                  device: str = "auto", park_after_run: bool = False,
                  profile_prefix: str | None = None) -> ort.InferenceSession:
@@ -38,7 +50,11 @@ def make_session(path: str, threads: int | None = None, spinning: bool = False,
     profile_prefix: ONNX Runtime's profiler on, its JSON named from this prefix (bench/op_split.py).
     """
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or default_threads()
+    threads = threads or default_threads()
+    # A graph whose matmuls and attention are the project's kernels: their own threads (which
+    # spin between ops, pool.h) do the parallel work; ORT's would only compete for the cores.
+    own_threads = device != "cuda" and uses_own_matmul(path)
+    opts.intra_op_num_threads = 1 if own_threads else threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -47,13 +63,14 @@ def make_session(path: str, threads: int | None = None, spinning: bool = False,
         opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.log_severity_level = 3
     if device != "cuda":
-        # the "-fa" variants' attention (core/llm/kernels); registering costs nothing otherwise
+        # the "-fa" variants' attention and w8-own's matmuls (core/llm/kernels); registering
+        # costs nothing otherwise
         from .kernels import library_path
 
         library = library_path()
         if library is not None:
             # its threads: as many as the session's (read when the library registers)
-            os.environ["EFFSERVE_ATTENTION_THREADS"] = str(opts.intra_op_num_threads)
+            os.environ["EFFSERVE_KERNEL_THREADS"] = str(threads)
             opts.register_custom_ops_library(str(library))
     if profile_prefix:
         opts.enable_profiling = True

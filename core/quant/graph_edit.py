@@ -269,3 +269,54 @@ def fused_attention(model: onnx.ModelProto, half_kv: bool = False) -> onnx.Model
     if not any(o.domain == FUSED_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
     return model
+
+
+def _column_tiles(per_column: np.ndarray) -> np.ndarray:
+    """[N, blocks] -> [N/16, blocks, 16]: a tile's 16 columns side by side, block after block."""
+    n, blocks = per_column.shape
+    return np.ascontiguousarray(per_column.reshape(n // 16, 16, blocks).transpose(0, 2, 1))
+
+
+def own_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every 8-bit, block-32 MatMulNBits with int8 activations replaced by the project's int8
+    matmul (core/llm/kernels/matmul.c, op effserve.MatMulW8), in place: the same weights, scales
+    and zero points, packed here in the order its vector loop reads them, and the same arithmetic
+    (int8 activations per block of 32). Nodes of other shapes keep MatMulNBits. Every op of the
+    project's in the graph gets pool_spin=1: its threads spin between ops."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    replaced: set[str] = set()
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "MatMulNBits" or attrs.get("bits") != 8 or attrs.get("block_size") != 32
+                or attrs.get("accuracy_level") != 4 or attrs["N"] % 16 or attrs["K"] % 32
+                or len(node.input) not in (3, 4) or any(i not in inits for i in node.input[1:])):
+            continue
+        n, nb = attrs["N"], attrs["K"] // 32
+        weights = numpy_helper.to_array(inits[node.input[1]]).reshape(n // 16, 16, nb, 8, 4)
+        scales = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32).reshape(n, nb)
+        zero = (numpy_helper.to_array(inits[node.input[3]]).reshape(n, nb) if len(node.input) == 4
+                else np.full((n, nb), 128, np.uint8))  # MatMulNBits' default for 8 bits
+        packed = {
+            "packed": np.ascontiguousarray(weights.transpose(0, 2, 3, 1, 4)).reshape(n // 16, nb, 512),
+            "scales": _column_tiles(scales),
+            "scaled_zero": _column_tiles(scales * zero.astype(np.float32)),
+        }
+        names = []
+        for suffix, array in packed.items():
+            names.append(f"{node.name}.{suffix}")
+            graph.initializer.append(numpy_helper.from_array(array, names[-1]))
+        replaced.update(node.input[1:])
+        node.CopyFrom(helper.make_node("MatMulW8", [node.input[0], *names], list(node.output),
+                                       name=node.name, domain=FUSED_DOMAIN))
+    for node in graph.node:
+        # The kernels' threads spin between these ops (ONNX Runtime runs this graph with one
+        # thread: core/llm/session.py), not only within one (core/llm/kernels/pool.h).
+        if node.domain == FUSED_DOMAIN:
+            node.attribute.append(helper.make_attribute("pool_spin", 1))
+    still_used = {i for node in graph.node for i in node.input}
+    for init in [t for t in graph.initializer if t.name in replaced and t.name not in still_used]:
+        graph.initializer.remove(init)
+    if not any(o.domain == FUSED_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
+    return model

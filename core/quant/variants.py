@@ -22,6 +22,7 @@ from .graph_edit import (
     fused_attention,
     head_from_table,
     int8_kv_cache,
+    own_matmul,
     padded_flavor,
     save,
     set_accuracy_level,
@@ -87,6 +88,11 @@ def _fused_attention(half_kv: bool) -> Callable[[Path, Path, bool], None]:
     return build
 
 
+def _own_matmul(src: Path, out: Path, progress: bool) -> None:
+    # w8-fa16 (src) with every MatMulNBits replaced by core/llm/kernels/matmul.c
+    save(own_matmul(onnx.load(str(src))), out)
+
+
 def _with(method: str, **kwargs) -> Callable[[Path, Path, bool], None]:
     def build(src: Path, out: Path, progress: bool) -> None:
         getattr(ModelQuantizer(src, "lm", progress), method)(out, **kwargs)
@@ -120,6 +126,9 @@ SPECS: dict[str, VariantSpec] = {s.name: s for s in [
                 "w8-rtn32", build=_fused_attention(half_kv=False)),
     VariantSpec("w8-fa16", 8, "w8-fa with a float16 KV cache: half the KV bytes read per step",
                 "w8-rtn32", build=_fused_attention(half_kv=True)),
+    VariantSpec("w8-own", 8, "w8-fa16 with the project's int8 matmul (core/llm/kernels): the same "
+                "weights and arithmetic, packed for AVX-512 VNNI, batch-invariant", "w8-fa16",
+                build=_own_matmul),
     VariantSpec("int4-rtn32", 4, "int4 weight-only MatMulNBits RTN block 32 asym, accuracy_level 4",
                 "fp32", build=_with("weight_only", bits=4, block_size=32)),
     VariantSpec("int4-rtn128", 4, "int4 weight-only MatMulNBits RTN block 128 asym, accuracy_level 4",

@@ -26,84 +26,17 @@
  *           (the engine's slots), the new tokens' keys/values are written in place; otherwise
  *           past is copied over first and the positions after it are zero.
  *
- * The C API is reached through the function table ONNX Runtime hands over (OrtApiBase::GetApi);
- * ORT_SLOT_* are the entries' positions in that append-only table (stable since API version 13).
+ * ONNX Runtime's C API: ort_api.h. Registered with the other ops by register.c.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct OrtStatus OrtStatus;
-typedef struct OrtValue OrtValue;
-typedef struct OrtKernelContext OrtKernelContext;
-typedef struct OrtKernelInfo OrtKernelInfo;
-typedef struct OrtShapeInfo OrtShapeInfo;
-typedef struct OrtSessionOptions OrtSessionOptions;
-typedef struct OrtCustomOpDomain OrtCustomOpDomain;
-typedef void *const *OrtApiTable;
-typedef struct {
-    OrtApiTable (*GetApi)(uint32_t version);
-    const char *(*GetVersionString)(void);
-} OrtApiBase;
+#include "ort_api.h"
+#include "pool.h"
 
-enum { API_VERSION = 13, TYPE_FLOAT = 1, TYPE_INT32 = 6, TYPE_FLOAT16 = 10, MAX_HEAD_DIM = 256 };
-enum {
-    ORT_SLOT_CreateStatus = 0, ORT_SLOT_GetErrorMessage = 2, ORT_SLOT_CreateCustomOpDomain = 26,
-    ORT_SLOT_CustomOpDomain_Add = 27, ORT_SLOT_AddCustomOpDomain = 28, ORT_SLOT_KernelContext_GetInputCount = 88,
-    ORT_SLOT_GetTensorMutableData = 51, ORT_SLOT_GetDimensionsCount = 61, ORT_SLOT_GetDimensions = 62,
-    ORT_SLOT_GetTensorTypeAndShape = 65, ORT_SLOT_KernelContext_GetInput = 90,
-    ORT_SLOT_KernelContext_GetOutput = 91, ORT_SLOT_ReleaseStatus = 93,
-    ORT_SLOT_ReleaseTensorTypeAndShapeInfo = 99,
-};
-
-typedef struct OrtCustomOp {  /* the fields of custom-op struct version 13 */
-    uint32_t version;
-    void *(*CreateKernel)(const struct OrtCustomOp *, OrtApiTable, const OrtKernelInfo *);
-    const char *(*GetName)(const struct OrtCustomOp *);
-    const char *(*GetExecutionProviderType)(const struct OrtCustomOp *);
-    int (*GetInputType)(const struct OrtCustomOp *, size_t);
-    size_t (*GetInputTypeCount)(const struct OrtCustomOp *);
-    int (*GetOutputType)(const struct OrtCustomOp *, size_t);
-    size_t (*GetOutputTypeCount)(const struct OrtCustomOp *);
-    void (*KernelCompute)(void *, OrtKernelContext *);
-    void (*KernelDestroy)(void *);
-    int (*GetInputCharacteristic)(const struct OrtCustomOp *, size_t);
-    int (*GetOutputCharacteristic)(const struct OrtCustomOp *, size_t);
-    int (*GetInputMemoryType)(const struct OrtCustomOp *, size_t);
-} OrtCustomOp;
-
-static OrtApiTable api;
-#define ORT(slot, type) ((type)api[ORT_SLOT_##slot])
-
-typedef OrtStatus *(*GetInputFn)(const OrtKernelContext *, size_t, const OrtValue **);
-typedef OrtStatus *(*InputCountFn)(const OrtKernelContext *, size_t *);
-typedef OrtStatus *(*GetOutputFn)(OrtKernelContext *, size_t, const int64_t *, size_t, OrtValue **);
-typedef OrtStatus *(*MutableDataFn)(OrtValue *, void **);
-typedef OrtStatus *(*TypeShapeFn)(const OrtValue *, OrtShapeInfo **);
-typedef OrtStatus *(*DimCountFn)(const OrtShapeInfo *, size_t *);
-typedef OrtStatus *(*DimsFn)(const OrtShapeInfo *, int64_t *, size_t);
-typedef void (*ReleaseShapeFn)(OrtShapeInfo *);
-typedef void (*ReleaseStatusFn)(OrtStatus *);
-
-static void *data_of(const OrtValue *v) {
-    void *p = NULL;
-    OrtStatus *st = ORT(GetTensorMutableData, MutableDataFn)((OrtValue *)v, &p);
-    if (st) { ORT(ReleaseStatus, ReleaseStatusFn)(st); return NULL; }
-    return p;
-}
-
-static size_t dims_of(const OrtValue *v, int64_t *dims, size_t max_dims) {
-    OrtShapeInfo *info = NULL;
-    size_t n = 0;
-    OrtStatus *st = ORT(GetTensorTypeAndShape, TypeShapeFn)(v, &info);
-    if (st) { ORT(ReleaseStatus, ReleaseStatusFn)(st); return 0; }
-    st = ORT(GetDimensionsCount, DimCountFn)(info, &n);
-    if (!st && n <= max_dims) st = ORT(GetDimensions, DimsFn)(info, dims, n);
-    if (st) { ORT(ReleaseStatus, ReleaseStatusFn)(st); n = 0; }
-    ORT(ReleaseTensorTypeAndShapeInfo, ReleaseShapeFn)(info);
-    return n <= max_dims ? n : 0;
-}
+enum { MAX_HEAD_DIM = 256 };
 
 /* x' = rotate(x) at position pos, GGUF's interleaved pairs (x[2i], x[2i+1]) */
 static void rotary(float *dst, const float *x, const float *cos_row, const float *sin_row, int64_t d) {
@@ -394,28 +327,17 @@ static void attend_item(const Call *c, int64_t b, int64_t h, float *q, float *sc
 }
 
 /* ------------------------------------------------------------------ threads
- * A small pool that sleeps between calls (no spinning: ORT's own workers need the cores for
- * the matmuls around each attention). Items go out one at a time from a shared counter; each
- * item is computed whole by one thread, so the split never changes a result. */
-#include <pthread.h>
+ * Items (row, KV head) go out one at a time from a shared counter (pool.h). */
 #include <stdatomic.h>
 
-enum { MAX_THREADS = 64 };
 typedef struct {
     const Call *call;
     atomic_long next;
     long items;
 } Work;
 
-static int pool_threads = 1;  /* set from EFFSERVE_ATTENTION_THREADS at registration */
-static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t pool_go = PTHREAD_COND_INITIALIZER, pool_done = PTHREAD_COND_INITIALIZER;
-static int pool_started = 0, pool_busy = 0;
-static uint64_t pool_generation = 0;
-static Work *pool_work;
-static atomic_int pool_taken;  /* a second session computing at the same time runs alone */
-
-static void run_items(Work *w) {
+static void run_items(void *ctx) {
+    Work *w = ctx;
     const Call *c = w->call;
     float *q = malloc((size_t)c->d * sizeof(float));
     float *scores = malloc((size_t)(c->cap + 8) * sizeof(float));
@@ -427,69 +349,22 @@ static void run_items(Work *w) {
     free(scores);
 }
 
-static void *pool_worker(void *arg) {
-    (void)arg;
-    uint64_t seen = 0;
-    pthread_mutex_lock(&pool_mu);
-    for (;;) {
-        while (pool_generation == seen) pthread_cond_wait(&pool_go, &pool_mu);
-        seen = pool_generation;
-        Work *w = pool_work;
-        pthread_mutex_unlock(&pool_mu);
-        run_items(w);
-        pthread_mutex_lock(&pool_mu);
-        if (--pool_busy == 0) pthread_cond_signal(&pool_done);
-    }
-    return NULL;
-}
-
-/* A forked child has none of the workers: start over (the mutex may have been held at the fork). */
-static void pool_after_fork(void) {
-    pthread_mutex_init(&pool_mu, NULL);
-    pthread_cond_init(&pool_go, NULL);
-    pthread_cond_init(&pool_done, NULL);
-    pool_started = pool_busy = 0;
-    atomic_store(&pool_taken, 0);
-}
-
-static void run_parallel(const Call *c, long items, int64_t work) {
+static void run_parallel(const Call *c, long items, int64_t work, int spin) {
     Work w = {c, 0, items};
     /* under ~64k multiply-adds per thread waking a helper costs more than it saves */
-    int helpers = pool_threads - 1;
-    if (work < 65536L * pool_threads || helpers < 1 || atomic_exchange(&pool_taken, 1)) {
-        run_items(&w);
-        return;
-    }
-    pthread_mutex_lock(&pool_mu);
-    while (pool_started < helpers) {
-        pthread_t th;
-        if (pthread_create(&th, NULL, pool_worker, NULL) != 0) break;
-        pthread_detach(th);
-        pool_started++;
-    }
-    const int woken = pool_started;
-    if (woken > 0) {
-        pool_work = &w;
-        pool_busy = woken;
-        pool_generation++;
-        pthread_cond_broadcast(&pool_go);
-    }
-    pthread_mutex_unlock(&pool_mu);
-    run_items(&w);
-    if (woken > 0) {
-        pthread_mutex_lock(&pool_mu);
-        while (pool_busy > 0) pthread_cond_wait(&pool_done, &pool_mu);
-        pthread_mutex_unlock(&pool_mu);
-    }
-    atomic_store(&pool_taken, 0);
+    pool_run(run_items, &w, work >= 65536L * pool_threads(), spin);
 }
+
+typedef struct {
+    int half, spin;  /* float16 KV; the pool spins after the call (pool.h) */
+} Kernel;
 
 static void fail(float *out, size_t n) {  /* KernelCompute cannot return an error: poison */
     for (size_t i = 0; i < n; i++) out[i] = NAN;
 }
 
 static void compute(void *kernel, OrtKernelContext *ctx) {
-    const int half = *(const int *)kernel;
+    const int half = ((const Kernel *)kernel)->half, spin = ((const Kernel *)kernel)->spin;
     const OrtValue *in[8] = {NULL};
     size_t n_in = 0;
     if (ORT(KernelContext_GetInputCount, InputCountFn)(ctx, &n_in) || n_in < 7) return;
@@ -536,16 +411,16 @@ static void compute(void *kernel, OrtKernelContext *ctx) {
         append_row(&c, b);
         work += new_tokens(&c, b) * (c.seqlens[b] + 1) * h_n * d;
     }
-    run_parallel(&c, (long)(b_n * kv_n), work);
+    run_parallel(&c, (long)(b_n * kv_n), work, spin);
 }
 
-static const int float_kv = 0, half_kv = 1;
 static OrtCustomOp attention_op, attention_half_op;
 
 static void *create_kernel(const OrtCustomOp *op, OrtApiTable table, const OrtKernelInfo *info) {
-    (void)info;
-    api = table;
-    return (void *)(op == &attention_half_op ? &half_kv : &float_kv);
+    (void)table;
+    Kernel *k = malloc(sizeof(Kernel));
+    if (k) *k = (Kernel){op == &attention_half_op, int_attribute(info, "pool_spin", 0) == 1};
+    return k;
 }
 static const char *op_name(const OrtCustomOp *op) {
     return op == &attention_half_op ? "AttentionHalfKV" : "Attention";
@@ -560,7 +435,7 @@ static int output_type(const OrtCustomOp *op, size_t i) {
     return (op == &attention_half_op && i > 0) ? TYPE_FLOAT16 : TYPE_FLOAT;
 }
 static size_t output_count(const OrtCustomOp *op) { (void)op; return 3; }
-static void destroy_kernel(void *k) { (void)k; }
+static void destroy_kernel(void *k) { free(k); }
 static int required(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return 0; }
 static int input_characteristic(const OrtCustomOp *op, size_t i) { (void)op; return i == 7; }
 static int default_memory(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return 0; }
@@ -574,31 +449,6 @@ static OrtCustomOp attention_half_op = {
     output_count, compute, destroy_kernel, input_characteristic, required, default_memory,
 };
 
-typedef OrtStatus *(*CreateStatusFn)(int, const char *);
-typedef const char *(*ErrorMessageFn)(const OrtStatus *);
-typedef OrtStatus *(*CreateDomainFn)(const char *, OrtCustomOpDomain **);
-typedef OrtStatus *(*DomainAddFn)(OrtCustomOpDomain *, const OrtCustomOp *);
-typedef OrtStatus *(*AddDomainFn)(OrtSessionOptions *, OrtCustomOpDomain *);
-
-__attribute__((visibility("default"))) OrtStatus *RegisterCustomOps(OrtSessionOptions *options,
-                                                                    const OrtApiBase *base) {
-    api = base->GetApi(API_VERSION);
-    if (!api) return NULL;
-    static atomic_int fork_handler;
-    if (!atomic_exchange(&fork_handler, 1)) pthread_atfork(NULL, NULL, pool_after_fork);
-    const char *threads = getenv("EFFSERVE_ATTENTION_THREADS");
-    if (threads && atoi(threads) > 0) pool_threads = atoi(threads) < MAX_THREADS ? atoi(threads) : MAX_THREADS;
-    /* the table is what this file expects: a status made here reads back its message */
-    OrtStatus *probe = ORT(CreateStatus, CreateStatusFn)(1, "effserve-probe");
-    const int layout_ok = probe && strcmp(ORT(GetErrorMessage, ErrorMessageFn)(probe), "effserve-probe") == 0;
-    if (probe) ORT(ReleaseStatus, ReleaseStatusFn)(probe);
-    if (!layout_ok) return ORT(CreateStatus, CreateStatusFn)(1, "effserve attention: unexpected ORT API table");
-    OrtCustomOpDomain *domain = NULL;
-    OrtStatus *st = ORT(CreateCustomOpDomain, CreateDomainFn)("effserve", &domain);
-    if (!st) st = ORT(CustomOpDomain_Add, DomainAddFn)(domain, &attention_op);
-#if defined(__AVX2__) && defined(__FMA__)
-    if (!st) st = ORT(CustomOpDomain_Add, DomainAddFn)(domain, &attention_half_op);
-#endif
-    if (!st) st = ORT(AddCustomOpDomain, AddDomainFn)(options, domain);
-    return st;
+const OrtCustomOp *effserve_attention_op(int half_kv) {
+    return half_kv ? &attention_half_op : &attention_op;
 }
