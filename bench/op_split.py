@@ -1,6 +1,7 @@
 """What the ORT run of a step is made of: kernel time by operator, for w8-rtn32 (ONNX Runtime's
-GroupQueryAttention), the same weights on the project's attention kernel with a float32 (w8-fa)
-and a float16 KV cache (w8-fa16, served) and with ONNX Runtime's int8 KV cache (w8-kv8).
+GroupQueryAttention and MatMulNBits), the same weights on the project's attention kernel with a
+float32 (w8-fa) and a float16 KV cache (w8-fa16), on the project's attention and int8 matmul
+(w8-own, served) and with ONNX Runtime's int8 KV cache (w8-kv8).
 
     python -m bench.op_split        # bench/results/op_split.{json,md}
 
@@ -87,7 +88,7 @@ def measure(variants: list[str], repeats: int, rounds: int = 3) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(dict.fromkeys(
-        ["w8-rtn32", "w8-fa", served_args()["llm_variant"], "w8-kv8"])),
+        ["w8-rtn32", "w8-fa", "w8-fa16", served_args()["llm_variant"], "w8-kv8"])),
                     help="comma-separated; the first is the baseline of the ratio column")
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()
@@ -100,9 +101,11 @@ def main() -> None:
         [[r["variant"], r["step"], r["rows"], r["context"], r["step_ms"],
           f"{r['step_ms'] / base[(r['step'], r['rows'], r['context'])]:.2f}x"]
          + [f"{100 * r['share'].get(g, 0):.0f}%" for g in groups] for r in result])
-    table += ("\n2 ORT threads; step ms: medians over 3 interleaved rounds; shares: kernel time by operator "
-              "type from ONNX Runtime's profiler (attention = GroupQueryAttention or the project's "
-              "Attention / AttentionHalfKV: rotary, KV append, QK', softmax, PV).\n")
+    table += ("\n2 threads (w8-own: the kernels' 2, ONNX Runtime's 1); step ms: medians over 3 "
+              "interleaved rounds; shares: kernel time by operator type from ONNX Runtime's profiler "
+              "(attention = GroupQueryAttention or the project's "
+              "Attention / AttentionHalfKV: rotary, KV append, QK', softmax, PV; int8 matmuls = "
+              "MatMulNBits or the project's MatMulW8).\n")
     write("op_split", {"variants": variants, "steps": result}, table)
     print(table)
 

@@ -103,3 +103,16 @@ def test_only_8_bit_block_32_int8_activation_nodes_change():
         if attr.name == "accuracy_level":
             attr.i = 0  # float activations: another arithmetic, keeps MatMulNBits
     assert [node.op_type for node in own_matmul(model).graph.node] == ["MatMulNBits"]
+
+
+def test_a_cpu_without_the_vector_path_serves_the_variant_with_ort_matmuls(monkeypatch, caplog):
+    import core.llm.kernels as kernels
+    from deployments.models import runnable_variant
+
+    assert runnable_variant("w8-fa16", "cpu") == "w8-fa16"
+    monkeypatch.setattr(kernels, "matmul_vectorized", lambda: True)
+    assert runnable_variant("w8-own", "cpu") == "w8-own"
+    monkeypatch.setattr(kernels, "matmul_vectorized", lambda: False)
+    assert runnable_variant("w8-own", "cpu") == "w8-fa16"
+    assert "AVX-512 VNNI" in caplog.text
+    assert runnable_variant("w8-own", "cuda") == "w8-own"  # the GPU runs none of these kernels
