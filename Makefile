@@ -87,6 +87,7 @@ bench: install-test models
 	$(BIN)/python -m bench.peer
 	$(BIN)/python -m bench.profile
 	$(BIN)/python -m bench.op_split
+	$(BIN)/python -m bench.exactness
 	$(BIN)/python -m bench.settings
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.refusal_cost
