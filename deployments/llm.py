@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from core.build.artifacts import SERVED_VARIANT
 from core.llm.engine import DeadlineExceeded, EngineConfig, LLMEngine, Overloaded, Sequence
 from core.llm.engine.engine import StepStats
+from core.llm.engine.sequence import Output
 from core.llm.prefix_cache import PrefixCacheStats
 from core.llm.sampling import SamplingParams
 from core.llm.speculative import SpecStats
@@ -138,6 +139,35 @@ def stream_interval_s(interval_s: float, messages_per_s: float | None, open_stre
     return max(interval_s, open_streams / messages_per_s)
 
 
+def _merged(first: Output, then: Output) -> Output:
+    return dataclasses.replace(then, text=first.text + then.text, logprobs=first.logprobs + then.logprobs)
+
+
+async def paced_messages(queue: asyncio.Queue, interval: Callable[[], float]) -> AsyncIterator[Output]:
+    """One request's outputs as stream messages: the first at once, then at most one every
+    `interval()` seconds carrying what came meanwhile, and the last (finish) as soon as it comes:
+    held to the interval, the end of every stream waited up to 0.4 s at 16 streams, and a closed
+    loop's next request with it."""
+    loop, sent_at = asyncio.get_running_loop(), None
+    while True:
+        out = await queue.get()
+        if sent_at is not None:
+            deadline = sent_at + interval()
+            while not out.finish_reason and (left := deadline - loop.time()) > 0:
+                try:
+                    out = _merged(out, await asyncio.wait_for(queue.get(), left))
+                except TimeoutError:
+                    break
+        # Coalesce what queued up meanwhile: under load one message carries several tokens, so
+        # the Serve streaming path does not cost a hop per token.
+        while not queue.empty() and not out.finish_reason:
+            out = _merged(out, queue.get_nowait())
+        yield out
+        if out.finish_reason:
+            return
+        sent_at = loop.time()
+
+
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class LLMDeployment:
     def __init__(self, variant: str = SERVED_VARIANT, threads: int | None = None,
@@ -220,31 +250,18 @@ class LLMDeployment:
         if isinstance(seq, Exception):
             raise seq
         assert isinstance(seq, Sequence)
-        loop, sent_at = asyncio.get_running_loop(), None
         self.open_streams += paced
+        # At most one message per stream interval after the first token: each message costs
+        # ~2 ms of CPU across ingress and proxy, taken from the model's cores.
+        interval = (lambda: stream_interval_s(self.stream_interval_s, self.stream_messages_per_s,
+                                              self.open_streams)) if paced else (lambda: 0.0)
         try:
-            while True:
-                out = await queue.get()
-                # At most one message per stream interval after the first token: each message
-                # costs ~2 ms of CPU across ingress and proxy, taken from the model's cores.
-                interval = stream_interval_s(self.stream_interval_s, self.stream_messages_per_s,
-                                             self.open_streams) if paced else 0.0
-                if interval and sent_at is not None and not out.finish_reason:
-                    await asyncio.sleep(sent_at + interval - loop.time())
-                # Coalesce what queued up meanwhile: under load one message carries several
-                # tokens, so the Serve streaming path does not cost a hop per token.
-                while not queue.empty() and not out.finish_reason:
-                    more = queue.get_nowait()
-                    out = dataclasses.replace(more, text=out.text + more.text,
-                                              logprobs=out.logprobs + more.logprobs)
+            async for out in paced_messages(queue, interval):
                 if out.finish_reason == "error":
                     raise RuntimeError(f"generation failed: {out.text}")
                 if out.finish_reason == "timeout":
                     raise DeadlineExceeded(f"request {(meta or {}).get('request_id')} timed out")
                 yield dataclasses.asdict(out)
-                if out.finish_reason:
-                    return
-                sent_at = loop.time()
         finally:
             self.open_streams -= paced
             if not seq.finished:  # the caller went away: stop decoding, free the slot

@@ -147,3 +147,48 @@ def test_stream_message_budget_stretches_the_interval_as_streams_open():
     assert stream_interval_s(0.1, 40, 1) == 0.1  # few streams: the interval is the floor
     assert stream_interval_s(0.1, 40, 16) == pytest.approx(0.4)  # 16 share 40 messages/s
     assert stream_interval_s(0.0, 40, 0) == 0.0
+
+
+def test_paced_messages_merge_tokens_within_the_interval_and_send_the_finish_at_once():
+    import asyncio
+
+    from core.llm.engine.sequence import Output
+    from deployments.llm import paced_messages
+
+    async def scenario() -> list[tuple[str, float]]:
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        got: list[tuple[str, float]] = []
+
+        async def produce() -> None:
+            for i, finish in ((0, None), (1, None), (2, None), (3, "stop")):
+                queue.put_nowait(Output(f"t{i} ", i + 1, finish))
+                await asyncio.sleep(0.05)
+
+        producer = asyncio.create_task(produce())
+        async for out in paced_messages(queue, lambda: 10.0):  # an interval far longer than the run
+            got.append((out.text, loop.time() - start))
+        await producer
+        return got
+
+    messages = asyncio.run(scenario())
+    # the first token at once; the rest waits for the interval, but the finish ends the wait
+    assert [text for text, _ in messages] == ["t0 ", "t1 t2 t3 "]
+    assert messages[1][1] < 1.0
+
+
+def test_paced_messages_without_an_interval_send_what_has_queued_up_at_once():
+    import asyncio
+
+    from core.llm.engine.sequence import Output
+    from deployments.llm import paced_messages
+
+    async def scenario() -> list[str]:
+        queue: asyncio.Queue = asyncio.Queue()
+        for i, finish in ((0, None), (1, None), (2, "length")):
+            queue.put_nowait(Output(f"t{i}", i + 1, finish))
+        return [out.text async for out in paced_messages(queue, lambda: 0.0)]
+
+    # all three were queued before the first read: one message carries them (no waiting)
+    assert asyncio.run(scenario()) == ["t0t1t2"]
