@@ -49,8 +49,9 @@ development pairs every such crossing among the candidates was a near miss.
 Before the model, core/cache/slots.py refuses outright a pair whose prompts fill one slot of the
 question differently (an unmatched question word, a direction, a polarity, two roles crossed),
 and core/cache/roles.py one whose roles are reversed (round 7: runs transposed, subject and
-object inverted, the first person's role swapped, a definition against another question), when
-the caller passes the two prompts' texts (the store does).
+object inverted, the first person's role swapped, a definition against another question; round
+8: verbs compared by lemma, an irregular-verb table included, pronouns by person, the passive,
+an operation asked backwards), when the caller passes the two prompts' texts (the store does).
 
 The weights and the decision threshold are fitted by bench/cache_eval.py on the development
 pairs only (core/cache/data/README.md); tests/cache/test_cache_eval.py keeps them equal to
