@@ -19,8 +19,12 @@ Splits, all by topic (no topic in two splits):
   once in round 5 (ROUND5: missed), development data since.
 - test6: core/cache/data/pairs_test6/, written before any round-6 change; scored
   once in round 6 (ROUND6: missed), development data since.
-- test7: core/cache/data/pairs_test7/, written and committed before any round-7
-  change and without looking at a score; scored once at the chosen setting.
+- test7: core/cache/data/pairs_test7/, written before any round-7 change; scored
+  once in round 7 (ROUND7: missed), development data since.
+- test8: core/cache/data/pairs_test8/, written and committed before any round-8
+  change and without looking at a score, twice the size of the older held-out sets
+  (1,194 near misses: the 1 % bound holds up to 6 false hits); scored once at the
+  chosen setting.
 
 Decision rules: cosine alone, cosine + guard (by cosine threshold), and
 cosine + guard + align (core/cache/align.py: candidates with cosine >=
@@ -44,7 +48,8 @@ Rounds 4 and 5 met 1 % in leave-one-split-out and still missed it on the held-ou
 set (about four times the rate: each new set brings near misses of kinds the
 older ones hold few of), so MAX_LOSO_UB was half the target in round 6; round 6's held-out rate
 was five times its leave-one-split-out rate again (6/571 against 7/3401), so from round 7 on
-MAX_LOSO_UB is a fifth of the target (set before test7 was scored, from rounds 4-6 only).
+MAX_LOSO_UB is a fifth of the target (set before test7 was scored, from rounds 4-6 only; kept in
+round 8).
 The served defaults (core/cache/config.py, core/cache/align.py) must equal the
 choice (tests/cache/test_cache_eval.py).
 Writes bench/results/cache_eval.{json,md}.
@@ -83,17 +88,18 @@ TEST3_DIR = ROOT / "core" / "cache" / "data" / "pairs_test3"
 TEST5_DIR = ROOT / "core" / "cache" / "data" / "pairs_test5"
 TEST6_DIR = ROOT / "core" / "cache" / "data" / "pairs_test6"
 TEST7_DIR = ROOT / "core" / "cache" / "data" / "pairs_test7"
+TEST8_DIR = ROOT / "core" / "cache" / "data" / "pairs_test8"
 # The earlier sets (the guard was first written against the first): scored at the chosen
 # setting for comparison, never used to choose; their topics overlap every split.
 LEGACY = [ROOT / "core" / "cache" / "data" / "semantic_pairs.jsonl",
           ROOT / "core" / "cache" / "data" / "semantic_pairs_holdout.jsonl"]
-SPLITS = ("tune", "dev", "test1", "test", "test2", "test3", "test5", "test6", "test7")
+SPLITS = ("tune", "dev", "test1", "test", "test2", "test3", "test5", "test6", "test7", "test8")
 # the choice is made on these, pooled
-DEVELOPMENT = ("tune", "dev", "test1", "test", "test2", "test3", "test5", "test6")
-HELD_OUT = "test7"
+DEVELOPMENT = ("tune", "dev", "test1", "test", "test2", "test3", "test5", "test6", "test7")
+HELD_OUT = "test8"
 # The sets written after core/cache/data/pairs, each its own split (by topic).
 EXTRA_SETS = {"test": TEST_DIR, "test2": TEST2_DIR, "test3": TEST3_DIR, "test5": TEST5_DIR,
-              "test6": TEST6_DIR, "test7": TEST7_DIR}
+              "test6": TEST6_DIR, "test7": TEST7_DIR, "test8": TEST8_DIR}
 # Shares of core/cache/data/pairs (test1 has half: with ~560 near misses one false hit
 # still bounds the rate under 1 %); the test split is core/cache/data/pairs_test.
 SPLIT_SHARES = {"tune": 0.30, "dev": 0.20, "test1": 0.50}
@@ -120,6 +126,10 @@ ROUND5 = {"threshold": 3.0, "test5": {"recall": 0.624, "true_hits": 229, "paraph
 # cosine >= 0.80 + guard + slot refusals + align at logit 3.25; test6 scored once. Kept as it was measured.
 ROUND6 = {"threshold": 3.25, "test6": {"recall": 0.610, "true_hits": 219, "paraphrases": 359,
                                        "false_hits": 6, "near_misses": 571, "ub": 0.0206}}
+# Round 7 (commit 40e934d): chosen on tune+dev+test1+test+test2+test3+test5+test6, cosine >= 0.80 +
+# guard + slot and role refusals + align at logit 3.5; test7 scored once. Kept as it was measured.
+ROUND7 = {"threshold": 3.5, "test7": {"recall": 0.681, "true_hits": 250, "paraphrases": 367,
+                                      "false_hits": 4, "near_misses": 570, "ub": 0.0160}}
 CONFIDENCE = 0.95
 MAX_FALSE_HIT_UB = 0.01  # the target, on the held-out split
 MAX_LOSO_UB = 0.002  # what leave-one-split-out must show for the choice (see the docstring)
@@ -168,7 +178,7 @@ def load_legacy(path: Path) -> list[Pair]:
 
 def assign_splits(pairs: list[Pair], test: list[Pair] = (), test2: list[Pair] = (),
                   test3: list[Pair] = (), test5: list[Pair] = (), test6: list[Pair] = (),
-                  test7: list[Pair] = ()) -> dict[str, str]:
+                  test7: list[Pair] = (), test8: list[Pair] = ()) -> dict[str, str]:
     """topic -> split. Development topics in a fixed pseudo-random order (sha256 of the name),
     cut by share of pairs: the assignment depends on the topic names and sizes only, never on
     scores. Every topic of ``test`` goes to the test split, of ``test2`` to test2, and so on."""
@@ -182,7 +192,7 @@ def assign_splits(pairs: list[Pair], test: list[Pair] = (), test2: list[Pair] = 
         out[topic] = list(SPLIT_SHARES)[int(np.searchsorted(bounds, share, side="right"))]
         done += sizes[topic]
     for name, extra in (("test", test), ("test2", test2), ("test3", test3), ("test5", test5),
-                        ("test6", test6), ("test7", test7)):
+                        ("test6", test6), ("test7", test7), ("test8", test8)):
         for p in extra:
             if out.get(p.topic, name) != name:
                 raise ValueError(f"topic {p.topic!r} is in another split and in the {name} set")
@@ -478,6 +488,7 @@ def report(ev: Evaluation) -> dict:
         "round4": ROUND4,
         "round5": ROUND5,
         "round6": ROUND6,
+        "round7": ROUND7,
         "guard_us_per_pair": ev.guard_us,
         "align_us_per_pair": ev.align_us,
         "align": {"min_cosine": align.MIN_COSINE, "trivial_min_cosine": align.TRIVIAL_MIN_COSINE,
@@ -534,7 +545,8 @@ def markdown(rep: dict) -> str:
     r1, r2, r3, r4, rule = rep["round1"], rep["round2"], rep["round3"], rep["round4"], rep["rule"]
     t3, r5 = r4["test3"], rep["round5"]
     t5, r6 = r5["test5"], rep["round6"]
-    t6 = r6["test6"]
+    t6, r7 = r6["test6"], rep["round7"]
+    t7 = r7["test7"]
     lines += ["", f"Round 1 (earlier guard): chosen on tune+dev, cosine >= {r1['threshold']} + guard"
               f" ({r1['tune+dev']['recall']:.1%} recall, {r1['tune+dev']['false_hits']}/"
               f"{r1['tune+dev']['near_misses']} false hits, UB {r1['tune+dev']['ub']:.2%}); test1, then held"
@@ -559,7 +571,11 @@ def markdown(rep: dict) -> str:
               f" tune+dev+test1+test+test2+test3+test5, logit >= {r6['threshold']}) scored test6 once:"
               f" {t6['recall']:.1%} recall ({t6['true_hits']}/{t6['paraphrases']}),"
               f" {t6['false_hits']}/{t6['near_misses']} false hits, UB {t6['ub']:.2%}: missed; test6 became"
-              " development data. Round 7 scores test7, written and committed before any round-7"
+              " development data. Round 7 (core/cache/roles.py's refusals, wider trivial edits, chosen on"
+              f" tune+dev+test1+test+test2+test3+test5+test6, logit >= {r7['threshold']}) scored test7 once:"
+              f" {t7['recall']:.1%} recall ({t7['true_hits']}/{t7['paraphrases']}),"
+              f" {t7['false_hits']}/{t7['near_misses']} false hits, UB {t7['ub']:.2%}: missed; test7 became"
+              " development data. Round 8 scores test8, written and committed before any round-8"
               " change.", "",
               f"Rule: highest recall on {'+'.join(rule['chosen_on'])} (pooled) with the false-hit"
               f" {rule['bound']} ({rule['confidence']:.0%}) <= {rule['choice_ub']:.2%}: the least strict"

@@ -194,6 +194,60 @@ SYNONYM_SETS: tuple[frozenset[str], ...] = tuple(
     )
 )
 
+# English irregular verbs (a general grammar table, not words taken from pairs): base form, past,
+# past participle; "/" separates variants. roles.lemma maps every form to the base, so "took" /
+# "take" and "lost" / "lose" are one verb ("Who did X take Y from?" / "Who took Y from X?").
+_IRREGULAR = """
+arise arose arisen | awake awoke awoken | be was/were been | bear bore borne/born | beat beat beaten
+become became become | begin began begun | bend bent bent | bet bet bet | bid bid bid | bind bound bound
+bite bit bitten | bleed bled bled | blow blew blown | break broke broken | breed bred bred
+bring brought brought | broadcast broadcast broadcast | build built built | burn burnt/burned burnt
+burst burst burst | buy bought bought | cast cast cast | catch caught caught | choose chose chosen
+cling clung clung | come came come | cost cost cost | creep crept crept | cut cut cut | deal dealt dealt
+dig dug dug | dive dove/dived dived | do did done | draw drew drawn | dream dreamt/dreamed dreamt
+drink drank drunk | drive drove driven | dwell dwelt dwelt | eat ate eaten | fall fell fallen
+feed fed fed | feel felt felt | fight fought fought | find found found | flee fled fled | fling flung flung
+fly flew flown | forbid forbade forbidden | forecast forecast forecast | foresee foresaw foreseen
+forget forgot forgotten | forgive forgave forgiven | freeze froze frozen | get got gotten/got
+give gave given | go went gone | grind ground ground | grow grew grown | hang hung hung | have had had
+hear heard heard | hide hid hidden | hit hit hit | hold held held | hurt hurt hurt | keep kept kept
+kneel knelt knelt | know knew known | lay laid laid | lead led led | lean leant/leaned leant
+leap leapt/leaped leapt | learn learnt/learned learnt | leave left left | lend lent lent | let let let
+lie lay lain | light lit lit | lose lost lost | make made made | mean meant meant | meet met met
+mislead misled misled | mistake mistook mistaken | overcome overcame overcome | overtake overtook overtaken
+overthrow overthrew overthrown | pay paid paid | prove proved proven | put put put | quit quit quit
+read read read | rid rid rid | ride rode ridden | ring rang rung | rise rose risen | run ran run
+say said said | see saw seen | seek sought sought | sell sold sold | send sent sent
+set set set | sew sewed sewn | shake shook shaken | shed shed shed | shine shone shone | shoot shot shot
+show showed shown | shrink shrank shrunk | shut shut shut | sing sang sung | sink sank sunk | sit sat sat
+slay slew slain | sleep slept slept | slide slid slid | sling slung slung | slit slit slit
+smell smelt/smelled smelt | sow sowed sown | speak spoke spoken | speed sped sped | spell spelt/spelled spelt
+spend spent spent | spill spilt/spilled spilt | spin spun spun | spit spat spat | split split split
+spoil spoilt/spoiled spoilt | spread spread spread | spring sprang sprung | stand stood stood
+steal stole stolen | stick stuck stuck | sting stung stung | stink stank stunk | stride strode stridden
+strike struck struck | string strung strung | strive strove striven | swear swore sworn
+sweep swept swept | swell swelled swollen | swim swam swum | swing swung swung | take took taken
+teach taught taught | tear tore torn | tell told told | think thought thought | throw threw thrown
+thrust thrust thrust | tread trod trodden | undergo underwent undergone | understand understood understood
+undertake undertook undertaken | undo undid undone | upset upset upset | wake woke woken | wear wore worn
+weave wove woven | weep wept wept | win won won | wind wound wound | withdraw withdrew withdrawn
+withhold withheld withheld | withstand withstood withstood | wring wrung wrung | write wrote written
+"""
+# form -> base; the first base listed wins a form two verbs share ("lay": lie / lay, "saw": see / saw)
+IRREGULAR_VERBS: dict[str, str] = {}
+for _entry in _IRREGULAR.replace("\n", " | ").split("|"):
+    if _entry.split():
+        _base, *_forms = _entry.split()
+        for _form in [_base, *(f for forms in _forms for f in forms.split("/"))]:
+            IRREGULAR_VERBS.setdefault(_form, _base)
+# the irregular present forms ("does" is no "doe" + "s")
+IRREGULAR_VERBS.update({"am": "be", "is": "be", "are": "be", "has": "have", "does": "do", "goes": "go"})
+
+# Personal pronouns in object case and their subject case: "Who owes me?" asks about the person
+# "Who do I owe?" names as the subject. "her" is left out (also a possessive), "you" and "it" are
+# both cases already.
+OBJECT_PRONOUNS: dict[str, str] = {"me": "i", "us": "we", "him": "he", "them": "they"}
+
 # Prefixes that negate a word: "cooked" vs "uncooked", "legal" vs "illegal".
 NEGATING_PREFIXES: tuple[str, ...] = ("un", "in", "im", "il", "ir", "dis", "non", "non-")
 

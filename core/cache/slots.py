@@ -25,7 +25,10 @@ downward-entailing words), not over words taken from pairs:
 - letter_case: a one-letter capital word inside a sentence ("the letter A") lower-case in the other
   prompt; guard._case_flip leaves capitalisation alone since a capital may start a sentence.
 
-refusal() then asks core/cache/roles.py (round 7: roles reversed without a direction word).
+refusal() then asks core/cache/roles.py (round 7: roles reversed without a direction word; round
+8: across verb forms and pronoun cases, an operation asked backwards). Round 8 also reads the "to"
+of "how to" as the asker's frame in direction_flip, not a direction ("How to write X?" / "How do
+I write X?").
 
 trivial_edit (round 6, widened in round 7) finds the same question in other words: typos,
 inflection, framing, context sentences, and (round 7) a phrase moved from the start to the end,
@@ -92,8 +95,9 @@ def question_slot(a: TokenVectors, b: TokenVectors) -> float:
 def direction_flip(a: str, b: str) -> bool:
     """One short differing run whose direction words differ, or up to MAX_FLIP_RUNS short runs
     replaced in place, each with other direction words ("into ... from" / "out of ... onto"). A
-    moved phrase ("In winter, ..." / "... in winter?") is a deletion and an insertion, not that."""
-    wa, wb = _words(a), _words(b)
+    moved phrase ("In winter, ..." / "... in winter?") is a deletion and an insertion, not that; the
+    "to" of "how to" is the asker's frame ("How to write X?" / "How do I write X?"), no direction."""
+    wa, wb = _asker_dropped(_words(a)), _asker_dropped(_words(b))
     ops = [op for op in difflib.SequenceMatcher(a=wa, b=wb, autojunk=False).get_opcodes() if op[0] != "equal"]
     if not ops or len(ops) > MAX_FLIP_RUNS:
         return False
@@ -219,6 +223,20 @@ def _spelled(text: str) -> tuple[str, ...]:
     """Lower-cased words, contractions spelled out (lexicon.CONTRACTIONS), and "how do I", "how
     can you", ... written "how to": the asker's modal and pronoun frame one question."""
     words = [w for word in _WORD_APOS.findall(text.lower()) for w in lexicon.CONTRACTIONS.get(word, (word,))]
+    return _how_to(tuple(words))
+
+
+def _asker_dropped(words: tuple[str, ...]) -> tuple[str, ...]:
+    """"how to" and "how do I", "how can you", ... as "how": the asker's frame, whose "to" is no
+    direction word."""
+    framed = _how_to(words)
+    return tuple(w for i, w in enumerate(framed) if not (w == "to" and i and framed[i - 1] == "how"))
+
+
+def _how_to(words: tuple[str, ...]) -> tuple[str, ...]:
+    """"how do I", "how can you", ... written "how to"."""
+    if "how" not in words:
+        return words
     out, i = [], 0
     while i < len(words):
         out.append(words[i])

@@ -52,6 +52,11 @@ def test7_pairs() -> list[ce.Pair]:
     return ce.load_pairs(ce.TEST7_DIR)
 
 
+@pytest.fixture(scope="module")
+def test8_pairs() -> list[ce.Pair]:
+    return ce.load_pairs(ce.TEST8_DIR)
+
+
 def test_pair_set_is_large_and_varied(pairs, test_pairs):
     everything = pairs + test_pairs
     assert len(everything) >= 1500
@@ -63,11 +68,11 @@ def test_pair_set_is_large_and_varied(pairs, test_pairs):
     assert len({p.kind for p in everything if not p.same}) >= 10
 
 
-@pytest.mark.parametrize("name", ["test2", "test3", "test5", "test6", "test7"])
+@pytest.mark.parametrize("name", ["test2", "test3", "test5", "test6", "test7", "test8"])
 def test_later_sets_are_large_and_new(name, pairs, test_pairs, test2_pairs, test3_pairs, test5_pairs,
-                                      test6_pairs, test7_pairs):
+                                      test6_pairs, test7_pairs, test8_pairs):
     sets = {"test": test_pairs, "test2": test2_pairs, "test3": test3_pairs, "test5": test5_pairs,
-            "test6": test6_pairs, "test7": test7_pairs}
+            "test6": test6_pairs, "test7": test7_pairs, "test8": test8_pairs}
     new = sets[name]
     assert len(new) >= 800 and sum(not p.same for p in new) >= 480
     earlier = pairs + [p for s in list(sets)[: list(sets).index(name)] for p in sets[s]]
@@ -80,10 +85,11 @@ def test_later_sets_are_large_and_new(name, pairs, test_pairs, test2_pairs, test
 
 
 def test_splits_are_topic_disjoint(pairs, test_pairs, test2_pairs, test3_pairs, test5_pairs, test6_pairs,
-                                   test7_pairs):
+                                   test7_pairs, test8_pairs):
     split_of = ce.assign_splits(pairs, test_pairs, test2_pairs, test3_pairs, test5_pairs, test6_pairs,
-                                test7_pairs)
-    everything = pairs + test_pairs + test2_pairs + test3_pairs + test5_pairs + test6_pairs + test7_pairs
+                                test7_pairs, test8_pairs)
+    everything = (pairs + test_pairs + test2_pairs + test3_pairs + test5_pairs + test6_pairs + test7_pairs
+                  + test8_pairs)
     topics = {s: {p.topic for p in everything if split_of[p.topic] == s} for s in ce.SPLITS}
     for i, a in enumerate(ce.SPLITS):
         for b in ce.SPLITS[i + 1:]:
@@ -94,6 +100,7 @@ def test_splits_are_topic_disjoint(pairs, test_pairs, test2_pairs, test3_pairs, 
     assert topics["test5"] == {p.topic for p in test5_pairs}
     assert topics["test6"] == {p.topic for p in test6_pairs}
     assert topics["test7"] == {p.topic for p in test7_pairs}
+    assert topics["test8"] == {p.topic for p in test8_pairs}
     # each split holds both labels; development splits roughly their share
     for s in ce.SPLITS:
         members = [p for p in everything if split_of[p.topic] == s]
@@ -142,12 +149,12 @@ def test_clopper_pearson_upper_bound():
 
 
 def test_served_default_is_the_evaluated_choice(pairs, test_pairs, test2_pairs, test3_pairs, test5_pairs,
-                                                test6_pairs, test7_pairs):
+                                                test6_pairs, test7_pairs, test8_pairs):
     """config.py's and align.py's defaults must be what bench/cache_eval.py chose on the
     development splits."""
     report = json.loads(RESULTS.read_text())
     total = (len(pairs) + len(test_pairs) + len(test2_pairs) + len(test3_pairs) + len(test5_pairs)
-             + len(test6_pairs) + len(test7_pairs))
+             + len(test6_pairs) + len(test7_pairs) + len(test8_pairs))
     assert sum(v["pairs"] for v in report["splits"].values()) == total, "pairs changed: rerun cache_eval"
     chosen = report["chosen"]
     assert chosen["rule"] == ce.ALIGN_RULE and chosen["rescore"] is DEFAULT_RESCORE
@@ -160,7 +167,7 @@ def test_served_default_is_the_evaluated_choice(pairs, test_pairs, test2_pairs, 
     assert served == (DEFAULT_THRESHOLD, DEFAULT_GUARD, DEFAULT_RESCORE)
     # the choice was made on the development splits, within the bound
     assert report["rule"]["chosen_on"] == list(ce.DEVELOPMENT) and ce.HELD_OUT not in ce.DEVELOPMENT
-    assert report["rule"]["held_out"] == ce.HELD_OUT == "test7" and "test6" in ce.DEVELOPMENT
+    assert report["rule"]["held_out"] == ce.HELD_OUT == "test8" and "test7" in ce.DEVELOPMENT
     # every split is reported on its own, the held-out one included
     assert set(report["result"]) == {*ce.SPLITS, "development"}
     assert report["result"]["development"]["false_hit_ub"] <= ce.MAX_FALSE_HIT_UB

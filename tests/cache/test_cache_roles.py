@@ -20,7 +20,10 @@ from core.cache.align import TokenVectors
      "subject and object inverted"),
     ("What eats a fox?", "What does a fox eat?", "subject and object inverted"),
     # the first person as subject against as object
-    ("Can I lend money to my brother?", "Can my brother lend money to me?", "first person's role differs"),
+    ("Can I leave my house to my children?", "Can my children leave their house to me?",
+     "first person's role differs"),
+    # parallel, the same pair is two runs exchanged once pronouns are read by person (round 8)
+    ("Can I lend money to my brother?", "Can my brother lend money to me?", "runs transposed"),
     # a pronoun subject changed to a noun phrase before the same verb and object
     ("Can I cancel my contract early?", "Can the landlord cancel my contract early?", "subject changed"),
     # two derived words crossed in place
@@ -102,3 +105,66 @@ def test_a_trivial_edit_overrules_only_the_guards_entity_refusal():
     assert not ok and guard.yields_to_trivial(reason) and slots.trivial_edit(asked, stored)
     ok, reason = guard.check("What is the pH of 0.1 M HCl?", "What is the pH of 0.01 M HCl?")
     assert not ok and not guard.yields_to_trivial(reason)  # a number is never overruled
+
+
+# ---------------------------------------------------------------- round 8: verb forms, persons, inverses
+
+@pytest.mark.parametrize(("forms", "same"), [
+    (("take", "took", "taken", "takes", "taking"), True),  # irregular table, then the regular rules
+    (("lose", "lost", "loses", "losing"), True),
+    (("study", "studies", "studied", "studying"), True),  # "y" read as "i"
+    (("stop", "stops", "stopped", "stopping"), True),  # the doubled consonant single
+    (("owe", "owes", "owed"), True),  # a short base ending in "e"
+    (("do", "does", "did", "done"), True), (("be", "is", "are", "was", "were", "been"), True),
+    (("need", "owe"), False), (("lose", "loose"), False), (("take", "talk"), False),
+])
+def test_lemma_joins_the_forms_of_one_verb(forms, same):
+    keys = {roles.lemma(w) for w in forms}
+    assert (len(keys) == 1) is same
+
+
+def test_lemma_leaves_need_and_short_words_alone():
+    assert roles.lemma("need") == roles.lemma("needed") == roles.lemma("needs")
+    assert roles.lemma("add") == roles.lemma("added") and roles.lemma("ran") == roles.lemma("run")
+
+
+@pytest.mark.parametrize(("a", "b", "reason"), [
+    # round 7's held-out false hits: an irregular verb across do-support
+    ("Who did Saladin take Jerusalem from?", "Who took Jerusalem from Saladin?",
+     "subject and object inverted"),
+    ("Who did Mike Tyson lose to?", "Who lost to Mike Tyson?", "subject and object inverted"),
+    # the first person in object case is the "I" of the other prompt
+    ("Who do I owe if my debt was sold to a collection agency?",
+     "Who owes me if I sold a debt to a collection agency?", "subject and object inverted"),
+    ("Who do you owe?", "Who owes you?", "subject and object inverted"),
+    # the passive against do-support: X the patient in one, the agent in the other
+    ("Who was Babur defeated by?", "Who did Babur defeat?", "subject and object inverted"),
+    ("Who was defeated by Babur?", "Who defeated Babur?", "subject and object inverted"),
+    # runs exchanged once verbs read by lemma and pronouns by person
+    ("What should I say when my manager asks me for a raise?",
+     "What should I say when I ask my manager for a raise?", "runs transposed"),
+    ("Why does my sister hate me?", "Why do I hate my sister?", "runs transposed"),
+    # an operation asked backwards
+    ('What is "listen" spelled backwards?', 'What word spelled backwards gives "listen"?',
+     "an operation asked backwards"),
+    ("What is 7 squared?", "What number squared makes 7?", "an operation asked backwards"),
+])
+def test_round8_role_reversals_are_refused(a, b, reason):
+    assert roles.refusal(a, b) == reason
+    assert roles.refusal(b, a) == reason
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("Who was Babur defeated by?", "Who defeated Babur?"),  # the passive keeps the roles
+    ("Who was defeated by Babur?", "Who did Babur defeat?"),
+    ("Who did Saladin take Jerusalem from?", "Who did Saladin take Jerusalem from in 1187?"),
+    ("In which museum is The Starry Night?", "The Starry Night is in which museum?"),  # an echo question
+    ("What makes bread rise?", "Why does bread rise?"),  # a cause, no operation
+    ("How do I create a new branch in git?", "What's the git command to make a new branch?"),  # "to make"
+    ("What foods make you gain weight?", "Which foods cause weight gain?"),  # the result after the operation
+    ("What should I say when my manager asks me for a raise?",
+     "What should I say when my manager asks me about a raise?"),
+])
+def test_round8_same_roles_are_not_refused(a, b):
+    assert roles.refusal(a, b) is None
+    assert roles.refusal(b, a) is None

@@ -50,6 +50,9 @@ def test_question_slot_needs_a_question_word_on_both_sides():
     ("What books are like Harry Potter?", "Which books are like Harry Potter?", False),
     # a long rewording is the model's to judge
     ("How do I get into a kayak?", "What is the easiest way for a beginner to climb into a kayak?", False),
+    # the "to" of "how to" is the asker's frame, not a direction (round 8)
+    ("How to write meeting minutes?", "How do I write meeting minutes?", False),
+    ("How to get into the loft?", "How do I get out of the loft?", True),
 ])
 def test_direction_flip(a, b, flip):
     assert slots.direction_flip(a, b) is flip
@@ -155,3 +158,9 @@ def test_a_trivial_edit_is_a_hit_from_its_own_cosine_without_the_model():
     other = (texts[0], "How old is Everest?")
     assert not align.accepts(0.85, True, a, b, generous, texts=other, min_cosine=0.9)
     assert align.accepts(0.85, True, a, b, refusing, texts=texts, min_cosine=0.9)
+
+
+def test_the_askers_frame_is_dropped():
+    assert slots._asker_dropped(("how", "do", "i", "write", "it")) == ("how", "write", "it")
+    assert slots._asker_dropped(("how", "to", "write", "it")) == ("how", "write", "it")
+    assert slots._asker_dropped(("go", "to", "paris")) == ("go", "to", "paris")
