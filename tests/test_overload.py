@@ -45,7 +45,8 @@ def admission_url(serve_url):
     from ray import serve
 
     # the Ingress' own early refusal (test_proxy_refusal.py: the same decisions in Serve's proxy)
-    url = deploy(serve_url, "admission", {"max_waiting": 16, "max_queue_wait_s": 1.0},
+    # max_seq_len: room for a flood long enough to hold the slots on a fast machine too
+    url = deploy(serve_url, "admission", {"max_waiting": 16, "max_queue_wait_s": 1.0, "max_seq_len": 2048},
                  quotas={"capped": {"requests_per_min": 2}, "tokens": {"tokens_per_min": 60}},
                  proxy_refusal=False)
     yield url
@@ -166,7 +167,8 @@ def test_light_key_gets_the_next_slot_not_the_back_of_the_flood(fair_url):
         return status
 
     with cf.ThreadPoolExecutor(8) as pool:
-        flood = [pool.submit(send, "sk-flood", 60) for _ in range(7)]  # 2 decoding, 5 waiting
+        # 2 decoding, 5 waiting; long enough that none has finished when the light key comes
+        flood = [pool.submit(send, "sk-flood", 300) for _ in range(7)]
         time.sleep(1.5)
         light = pool.submit(send, "sk-light", 8)
         assert light.result() == 200 and all(f.result() == 200 for f in flood)
@@ -175,14 +177,15 @@ def test_light_key_gets_the_next_slot_not_the_back_of_the_flood(fair_url):
 
 
 def test_light_key_is_accepted_and_answered_while_the_flood_holds_every_slot(admission_url):
+    flood_tokens = 1200  # seconds of decoding even on a fast machine (200 ended within 1.5 s)
     with cf.ThreadPoolExecutor(4) as pool:
-        flood = [pool.submit(post, admission_url, body(200)) for _ in range(2)]
-        time.sleep(1.5)  # both slots decode the flood's 200 tokens each
-        assert post(admission_url, body(200)).status_code == 503  # its next would wait for them
+        flood = [pool.submit(post, admission_url, body(flood_tokens)) for _ in range(2)]
+        time.sleep(1.5)  # both slots decode the flood's tokens
+        assert post(admission_url, body(flood_tokens)).status_code == 503  # its next would wait for them
         light = post(admission_url, body(8), "sk-light")
         # not a refusal, nor the back of the flood: a slot the flood gives up (paused, resumed)
         assert light.status_code == 200 and light.json()["usage"]["completion_tokens"] == 8
         assert not any(f.done() for f in flood)
         for f in flood:  # accepted, never dropped: the paused one resumes to a full answer
             assert f.result().status_code == 200
-            assert f.result().json()["usage"]["completion_tokens"] == 200
+            assert f.result().json()["usage"]["completion_tokens"] == flood_tokens

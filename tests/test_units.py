@@ -192,3 +192,13 @@ def test_paced_messages_without_an_interval_send_what_has_queued_up_at_once():
 
     # all three were queued before the first read: one message carries them (no waiting)
     assert asyncio.run(scenario()) == ["t0t1t2"]
+
+
+def test_logprobs_at_a_tiny_temperature_are_numbers():
+    from core.llm.sampling import logprobs_of
+
+    logits = np.array([1.0, 3.0, 2.0, -np.inf], np.float32)  # the last one masked by a grammar
+    lp = logprobs_of(logits, SamplingParams(temperature=5e-324), token=1, top=3)
+    assert lp.logprob == 0.0 and lp.top == ((1, 0.0),)  # the others have no probability left
+    lp = logprobs_of(logits, SamplingParams(temperature=1.0), token=1, top=2)
+    assert np.isclose(np.exp([p for _, p in lp.top]).sum(), 0.9, atol=0.1) and lp.top[0][0] == 1

@@ -117,8 +117,9 @@ class TokenLogprob:
 def logprobs_of(logits: np.ndarray, params: SamplingParams, token: int, top: int) -> TokenLogprob:
     """Log-softmax of the processed logits at the request's temperature (1 for greedy requests,
     as OpenAI and vLLM report them): the chosen token's value and the `top` best."""
-    z = logits.astype(np.float64) / (params.temperature if params.temperature > 0 else 1.0)
-    z -= z.max()
+    # Shift before dividing (as `distribution` does): at a tiny temperature logits / T overflow
+    # to inf, and inf - inf made every value NaN (a 500 when the response was written).
+    z = (logits.astype(np.float64) - logits.max()) / (params.temperature if params.temperature > 0 else 1.0)
     logp = z - np.log(np.exp(z).sum())
     best = np.argpartition(-logp, top)[:top] if 0 < top < len(logp) else np.arange(len(logp))[:top]
     best = best[np.argsort(-logp[best], kind="stable")]
