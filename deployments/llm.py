@@ -139,29 +139,39 @@ def stream_interval_s(interval_s: float, messages_per_s: float | None, open_stre
     return max(interval_s, open_streams / messages_per_s)
 
 
-def _merged(first: Output, then: Output) -> Output:
-    return dataclasses.replace(then, text=first.text + then.text, logprobs=first.logprobs + then.logprobs)
+class OutputQueue(asyncio.Queue):
+    """One request's outputs as the engine makes them; `ended` is set when the last is in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended = asyncio.Event()
+
+    def put_nowait(self, item: Output) -> None:
+        super().put_nowait(item)
+        if item.finish_reason:
+            self.ended.set()
 
 
-async def paced_messages(queue: asyncio.Queue, interval: Callable[[], float]) -> AsyncIterator[Output]:
+async def paced_messages(queue: OutputQueue, interval: Callable[[], float]) -> AsyncIterator[Output]:
     """One request's outputs as stream messages: the first at once, then at most one every
     `interval()` seconds carrying what came meanwhile, and the last (finish) as soon as it comes:
     held to the interval, the end of every stream waited up to 0.4 s at 16 streams, and a closed
-    loop's next request with it."""
+    loop's next request with it. The wait wakes for the finish only, not for every token."""
     loop, sent_at = asyncio.get_running_loop(), None
     while True:
         out = await queue.get()
-        if sent_at is not None:
-            deadline = sent_at + interval()
-            while not out.finish_reason and (left := deadline - loop.time()) > 0:
-                try:
-                    out = _merged(out, await asyncio.wait_for(queue.get(), left))
-                except TimeoutError:
-                    break
+        left = sent_at + interval() - loop.time() if sent_at is not None else 0.0
+        if left > 0 and not out.finish_reason:
+            try:
+                async with asyncio.timeout(left):
+                    await queue.ended.wait()
+            except TimeoutError:
+                pass
         # Coalesce what queued up meanwhile: under load one message carries several tokens, so
         # the Serve streaming path does not cost a hop per token.
         while not queue.empty() and not out.finish_reason:
-            out = _merged(out, queue.get_nowait())
+            more = queue.get_nowait()
+            out = dataclasses.replace(more, text=out.text + more.text, logprobs=out.logprobs + more.logprobs)
         yield out
         if out.finish_reason:
             return
@@ -222,7 +232,7 @@ class LLMDeployment:
         loop = asyncio.get_running_loop()
         admitted = []
         for prompt_ids, params, meta in requests:
-            queue: asyncio.Queue = asyncio.Queue()
+            queue = OutputQueue()
             try:
                 seq = self.engine.add(prompt_ids, SamplingParams(**params),
                                       lambda out, q=queue: loop.call_soon_threadsafe(q.put_nowait, out),

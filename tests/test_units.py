@@ -153,10 +153,10 @@ def test_paced_messages_merge_tokens_within_the_interval_and_send_the_finish_at_
     import asyncio
 
     from core.llm.engine.sequence import Output
-    from deployments.llm import paced_messages
+    from deployments.llm import OutputQueue, paced_messages
 
     async def scenario() -> list[tuple[str, float]]:
-        queue: asyncio.Queue = asyncio.Queue()
+        queue = OutputQueue()
         loop = asyncio.get_running_loop()
         start = loop.time()
         got: list[tuple[str, float]] = []
@@ -182,10 +182,10 @@ def test_paced_messages_without_an_interval_send_what_has_queued_up_at_once():
     import asyncio
 
     from core.llm.engine.sequence import Output
-    from deployments.llm import paced_messages
+    from deployments.llm import OutputQueue, paced_messages
 
     async def scenario() -> list[str]:
-        queue: asyncio.Queue = asyncio.Queue()
+        queue = OutputQueue()
         for i, finish in ((0, None), (1, None), (2, "length")):
             queue.put_nowait(Output(f"t{i}", i + 1, finish))
         return [out.text async for out in paced_messages(queue, lambda: 0.0)]
