@@ -16,6 +16,7 @@ from core.llm.engine import EngineConfig, LLMEngine
 from core.llm.sampling import SamplingParams
 from core.llm.textgen import TextGenerator
 from core.quant.variants import ensure_variant
+from deployments.models import runnable_variant
 
 QUESTIONS = [
     "What is the capital of France?", "Name three primary colours.", "Write a haiku about the sea.",
@@ -31,7 +32,8 @@ TEXTS = [
 MAX_TOKENS = 40
 
 
-@pytest.fixture(scope="module", params=[SERVED_VARIANT, "w8-kv8"])
+# What the LLM deployment serves on this machine (w8-own, or w8-fa16 without AVX-512 VNNI)
+@pytest.fixture(scope="module", params=[runnable_variant(SERVED_VARIANT, "cpu"), "w8-kv8"])
 def served(request) -> TextGenerator:
     """The served variant, and the same weights with an int8 KV cache (ONNX Runtime's
     dequantizing attention kernels must keep a row's arithmetic independent of its step too)."""
