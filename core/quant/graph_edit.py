@@ -224,6 +224,12 @@ def annotate_float_inputs(model: onnx.ModelProto, op_types: tuple[str, ...]) -> 
 FUSED_DOMAIN = "effserve"
 
 
+def _import_fused_domain(model: onnx.ModelProto) -> None:
+    """Declare the project's op domain (once) so ONNX Runtime looks its ops up."""
+    if not any(o.domain == FUSED_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
+
+
 def fused_attention(model: onnx.ModelProto, half_kv: bool = False) -> onnx.ModelProto:
     """Every GroupQueryAttention of an LM graph (core/build/llama.py) replaced by the project's
     own attention kernel (core/llm/kernels/attention.c, op effserve.Attention), in place. That
@@ -266,8 +272,7 @@ def fused_attention(model: onnx.ModelProto, half_kv: bool = False) -> onnx.Model
     _drop_and_prune(graph, drop, rename)
     if half_kv:
         _kv_float16(graph)
-    if not any(o.domain == FUSED_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
+    _import_fused_domain(model)
     return model
 
 
@@ -317,6 +322,5 @@ def own_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     still_used = {i for node in graph.node for i in node.input}
     for init in [t for t in graph.initializer if t.name in replaced and t.name not in still_used]:
         graph.initializer.remove(init)
-    if not any(o.domain == FUSED_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
+    _import_fused_domain(model)
     return model

@@ -29,6 +29,7 @@
  * ONNX Runtime's C API: ort_api.h. Registered with the other ops by register.c.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -328,7 +329,6 @@ static void attend_item(const Call *c, int64_t b, int64_t h, float *q, float *sc
 
 /* ------------------------------------------------------------------ threads
  * Items (row, KV head) go out one at a time from a shared counter (pool.h). */
-#include <stdatomic.h>
 
 typedef struct {
     const Call *call;

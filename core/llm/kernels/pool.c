@@ -1,6 +1,6 @@
 /* See pool.h. A generation counter announces work; a worker that sees none spins for SPIN_NS
- * (after a job that asked for it), then sleeps on a condition variable. The caller wakes sleepers only
- * when there are some (seq_cst: a worker counts itself asleep and re-reads the generation under
+ * (after a job that asked for it), then sleeps on a condition variable. The caller wakes sleepers
+ * only when there are some (seq_cst: a worker counts itself asleep and re-reads the generation under
  * the mutex, the caller bumps the generation and then reads the count: one of them sees the
  * other). The caller spins until the workers are done: they finish with it, give or take an
  * item. The spin loops have no pause instruction: in this VM (KVM, pause-loop exiting) a vCPU
